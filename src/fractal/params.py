@@ -1,0 +1,165 @@
+"""params.yaml: one section per stage, each read into a dataclass.
+
+A key the dataclass does not know fails with an error naming the key (and the closest
+known one), so a typo never silently falls back to a default.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+PARAMS_FILE = "params.yaml"
+
+
+class ParamsError(ValueError):
+    pass
+
+
+@dataclasses.dataclass
+class SplitParams:
+    seed: int = 0
+    validation: float = 0.15  # fraction of problems
+    test: float = 0.35
+
+
+@dataclasses.dataclass
+class PrepareParams:
+    benchmark: str = "humaneval"  # humaneval | mbpp
+    source: str = "local"  # local: data/raw under git; hub: the datasets library loads from the hub
+    split: SplitParams = dataclasses.field(default_factory=SplitParams)  # HumanEval only
+    prompt_variant: str = "codet"  # HumanEval: codet (the prompts the recorded samples used) | original
+    limit: int = 0  # keep only the first N problems (0: all); for tiny profiles
+
+
+@dataclasses.dataclass
+class GenerateParams:
+    backend: str = "replay"  # replay | transformers | vllm
+    model: str = "Salesforce/codegen-16B-mono"
+    n: int = 100  # samples per problem
+    seed: int = 0
+    replay_file: str = ""  # replay: recorded samples in CodeT's format
+    prompt_style: str = "completion"  # completion (base models) | chat (instruct models)
+    stop: list[str] = dataclasses.field(default_factory=lambda: ["\nclass", "\ndef", "\n#", "\nif", "\nprint"])
+    temperature: float = 0.8
+    top_p: float = 0.95
+    max_tokens: int = 300
+    batch_size: int = 8  # transformers: prompts per forward pass
+    dtype: str = "auto"  # auto | float32 | bfloat16 | float16
+    device: str = "auto"  # auto | cpu | cuda
+    gpu_memory_utilization: float = 0.9  # vllm
+
+
+@dataclasses.dataclass
+class LabelParams:
+    workers: int = 0  # 0: one per core
+    timeout_factor: float = 10.0  # time limit = max(floor, factor x reference runtime), capped
+    timeout_floor: float = 3.0  # seconds
+    timeout_cap: float = 10.0  # seconds
+    memory_mb: int = 2048  # address space a candidate may add on top of the worker's
+    max_output_bytes: int = 1_000_000
+    max_processes: int = 64
+    isolation: str = "auto"  # auto | bwrap | namespaces | none (unsafe: runs model code unconfined)
+    cache_dir: str = ".fractal/label-cache"
+
+
+@dataclasses.dataclass
+class TrainParams:
+    backbone: str = "minilm"  # minilm (the packaged all-MiniLM-L6-v2) or a Hugging Face id / local path
+    method: str = "head"  # head: frozen encoder + cached embeddings + MLP | full | lora
+    folds: int = 5  # >0: cross-fit K folds by problem; 0: fit on fit_splits, score eval_splits
+    fit_splits: list[str] = dataclasses.field(default_factory=lambda: ["train", "validation"])
+    eval_splits: list[str] = dataclasses.field(default_factory=lambda: ["test"])
+    val_fraction: float = 0.2  # of the fitting problems, held out (by problem) for early stopping
+    max_length: int = 384  # tokens of prompt + program; the prompt is cut first
+    prompt_tokens: int = 128  # at most this many tokens of the prompt are kept
+    epochs: int = 30
+    patience: int = 5  # epochs without a better validation AUROC before stopping
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    hidden: int = 256  # head: hidden units of the MLP (0: logistic regression)
+    dropout: float = 0.1
+    balance: bool = True  # weight classes inversely to their frequency
+    seed: int = 0
+    embed_batch_size: int = 32
+    lora_r: int = 16
+    precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16
+
+
+@dataclasses.dataclass
+class RankParams:
+    ks: list[int] = dataclasses.field(default_factory=lambda: [1, 2, 3, 5, 10, 20, 50, 100])
+    bootstrap: int = 2000  # resamples of problems for the 95 % intervals
+    seed: int = 0
+    calibration_bins: int = 10
+
+
+SECTIONS: dict[str, type] = {
+    "prepare": PrepareParams,
+    "generate": GenerateParams,
+    "label": LabelParams,
+    "train": TrainParams,
+    "rank": RankParams,
+}
+
+T = TypeVar("T")
+
+
+def _build(cls: type[T], data: Any, where: str, path: Path) -> T:
+    if not isinstance(data, dict):
+        raise ParamsError(f"{path}: `{where}` must be a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), fields, n=1)
+            hint = f" (did you mean `{where}.{close[0]}`?)" if close else ""
+            raise ParamsError(f"{path}: unknown key `{where}.{key}`{hint}; known keys: {', '.join(fields)}")
+        hint_type = hints[key]
+        if dataclasses.is_dataclass(hint_type):
+            value = _build(hint_type, value, f"{where}.{key}", path)
+        else:
+            value = _check_type(value, hint_type, f"{where}.{key}", path)
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def _check_type(value: Any, hint: Any, where: str, path: Path) -> Any:
+    origin = typing.get_origin(hint)
+    expected = origin or hint
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if expected in (int, float, str, bool, list, dict) and not isinstance(value, expected) or (
+        expected in (int, float) and isinstance(value, bool)
+    ):
+        raise ParamsError(f"{path}: `{where}` must be {expected.__name__}, got {value!r}")
+    return value
+
+
+def load(section: str, path: str | Path = PARAMS_FILE) -> Any:
+    """Reads one section of params.yaml into its dataclass, rejecting unknown keys."""
+    path = Path(path)
+    if section not in SECTIONS:
+        raise ParamsError(f"no params section `{section}`; sections: {', '.join(SECTIONS)}")
+    try:
+        doc = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: not found (run from the repository root)") from None
+    except yaml.YAMLError as e:
+        raise ParamsError(f"{path}: not valid YAML: {e}") from None
+    unknown = sorted(set(doc) - set(SECTIONS))
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], SECTIONS, n=1)
+        hint = f" (did you mean `{close[0]}`?)" if close else ""
+        raise ParamsError(f"{path}: unknown section `{unknown[0]}`{hint}; sections: {', '.join(SECTIONS)}")
+    return _build(SECTIONS[section], doc.get(section, {}), section, path)
+
+
+def as_dict(params: Any) -> dict[str, Any]:
+    return dataclasses.asdict(params)

@@ -1,0 +1,123 @@
+"""The records that flow between stages, and how they are written to disk.
+
+Every stage reads and writes JSON Lines: one record per line. Writes go to a temporary
+file beside the target and are renamed into place, so a killed stage never leaves a half
+file that DVC would hash.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Iterator, TypeVar
+
+
+@dataclasses.dataclass
+class Problem:
+    problem_id: str
+    benchmark: str
+    split: str  # train / validation / test (or prompt for MBPP's few-shot problems)
+    prompt: str  # what the model is shown (HumanEval: the function header + docstring)
+    entry_point: str  # the function the tests call
+    tests: str  # Python source; calling check(candidate) or plain asserts (see test_style)
+    reference: str  # a reference solution: a complete program
+    test_style: str = "check"  # "check": tests define check(candidate); "asserts": top-level asserts
+    text: str = ""  # the natural-language task (MBPP), empty when the prompt is code
+
+
+@dataclasses.dataclass
+class Generation:
+    problem_id: str
+    sample: int  # index of the sample within its problem, 0..N-1
+    completion: str  # raw text the model wrote
+    program: str  # the complete program that will be run (prompt + completion, post-processed)
+    backend: str
+    model: str
+    logprob: float | None = None  # sum of token log-probabilities, where the backend gives them
+    n_tokens: int | None = None
+
+
+STATUSES = ("passed", "failed", "error", "syntax_error", "timeout", "memory", "output_limit", "crashed")
+
+
+@dataclasses.dataclass
+class Label:
+    problem_id: str
+    sample: int
+    status: str  # one of STATUSES
+    passed: bool
+    duration: float  # seconds of wall time the candidate ran
+    detail: str = ""  # short error detail, e.g. the exception type
+
+
+@dataclasses.dataclass
+class Score:
+    problem_id: str
+    sample: int
+    score: float  # the critic's probability that the candidate passes
+    fold: int = 0  # which cross-fitting fold's critic gave the score
+
+
+R = TypeVar("R")
+
+
+def read_jsonl(path: str | os.PathLike, cls: type[R] | None = None) -> list[Any]:
+    """Reads a JSON Lines file; with cls, each line becomes that dataclass.
+
+    Errors name the file and line, and say which fields are wrong.
+    """
+    out = []
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file (has the stage that writes it run? try `dvc repro`)")
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+            if cls is not None:
+                try:
+                    obj = cls(**obj)
+                except TypeError as e:
+                    raise ValueError(f"{path}:{lineno}: not a {cls.__name__} record ({e})") from None
+            out.append(obj)
+    return out
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yields a temporary path beside `path`; renames it into place only on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_jsonl(path: str | os.PathLike, records: Iterable[Any]) -> int:
+    """Writes records (dataclasses or dicts) atomically; returns how many were written."""
+    n = 0
+    with atomic_path(path) as tmp, tmp.open("w", encoding="utf-8") as f:
+        for r in records:
+            obj = dataclasses.asdict(r) if dataclasses.is_dataclass(r) else r
+            f.write(json.dumps(obj, ensure_ascii=False) + "\n")
+            n += 1
+    return n
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Writes one JSON document atomically (metrics files)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8")
