@@ -2,6 +2,7 @@
 
   fractal run STAGE      run stages/STAGE.py where the executor says (local by default),
                          recorded as an MLflow run; this is what dvc.yaml calls
+  fractal profile NAME   use profiles/NAME.yaml as params.yaml
   fractal lambda ...     Lambda Cloud instances: launch, wait, ssh-config, sync, status, terminate
   fractal lineage ...    where a metric or checkpoint came from
 """
@@ -22,6 +23,21 @@ def _run(args: argparse.Namespace) -> int:
     return subprocess.call([sys.executable, str(script), *args.args])
 
 
+def _profile(args: argparse.Namespace) -> int:
+    profiles = sorted(p.stem for p in Path("profiles").glob("*.yaml") if not p.stem.endswith(".executor"))
+    src = Path("profiles") / f"{args.name}.yaml"
+    if not src.exists():
+        print(f"fractal profile: no profiles/{args.name}.yaml; profiles: {', '.join(profiles)}", file=sys.stderr)
+        return 2
+    from fractal import params
+
+    for section in params.SECTIONS:  # refuse a profile with a typo before it replaces anything
+        params.load(section, src)
+    Path("params.yaml").write_text(src.read_text())
+    print(f"params.yaml is now profiles/{args.name}.yaml; `dvc repro` reruns what it changes")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fractal", description="best-of-N code selection with a learned critic")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -29,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("stage", help="prepare | generate | label | train | rank")
     run.add_argument("args", nargs=argparse.REMAINDER, help="passed on to the stage script")
     run.set_defaults(func=_run)
+    profile = sub.add_parser("profile", help="copy profiles/NAME.yaml over params.yaml")
+    profile.add_argument("name")
+    profile.set_defaults(func=_profile)
     return parser
 
 

@@ -1,0 +1,165 @@
+"""Fitting the critic on labelled candidates and scoring held-out problems.
+
+`fit_and_score` builds the critic's inputs once (cached embeddings for the head critic,
+token ids for fine-tuning), then trains one critic per fold (critic/folds.py) with the
+loop in critic/train.py; every scored candidate comes from a critic that never saw its
+problem.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fractal.critic.backbone import load_classifier, load_tokenizer
+from fractal.critic.embed import embed
+from fractal.critic.features import build_features
+from fractal.critic.folds import make_folds
+from fractal.critic.inputs import critic_input, encode
+from fractal.critic.train import Batches, FoldResult, Head, train_fold
+from fractal.params import ParamsError, TrainParams
+from fractal.records import Generation, Label, Problem, Score
+
+METHODS = ("head", "full", "lora")
+
+
+@dataclass
+class CriticRun:
+    scores: list[Score]
+    folds: list[FoldResult]
+    config: dict  # what a scorer needs to rebuild the critic
+
+
+def run_key(params: TrainParams, problems: list[Problem], generations: list[Generation], labels: list[Label]) -> str:
+    """Identifies a training run by its params and data, so a rerun finds its checkpoints."""
+    h = hashlib.sha256(json.dumps(asdict(params), sort_keys=True).encode())
+    for rec in (*problems, *generations, *labels):
+        h.update(json.dumps(asdict(rec), sort_keys=True).encode())
+    return h.hexdigest()[:16]
+
+
+def _device(params: TrainParams) -> tuple[str, torch.dtype | None]:
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    precision = params.precision
+    if precision == "auto":
+        precision = "bf16" if device == "cuda" else "fp32"
+    autocast = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, "bad")
+    if autocast == "bad":
+        raise ParamsError(f"params.yaml: `train.precision` is {params.precision!r}; choose auto, fp32, bf16 or fp16")
+    return device, autocast
+
+
+def fit_and_score(problems: list[Problem], generations: list[Generation], labels: list[Label],
+                  params: TrainParams, work_dir: str | Path) -> CriticRun:
+    if params.method not in METHODS:
+        raise ParamsError(f"params.yaml: `train.method` is {params.method!r}; choose {', '.join(METHODS)}")
+    torch.manual_seed(params.seed)
+    work_dir = Path(work_dir)
+    problem_of = {p.problem_id: p for p in problems}
+    passed = {(lab.problem_id, lab.sample): lab.passed for lab in labels}
+    missing = [g for g in generations if (g.problem_id, g.sample) not in passed]
+    if missing:
+        raise ValueError(f"data/labels.jsonl has no label for {missing[0].problem_id} sample {missing[0].sample}; "
+                         f"rerun the label stage")
+    y = np.array([float(passed[g.problem_id, g.sample]) for g in generations])
+    index_of: dict[str, list[int]] = defaultdict(list)
+    for i, g in enumerate(generations):
+        index_of[g.problem_id].append(i)
+    folds = make_folds([problem_of[pid] for pid in index_of], params.folds, params.fit_splits,
+                       params.eval_splits, params.val_fraction, params.seed)
+    items = [critic_input(problem_of[g.problem_id], g) for g in generations]
+    device, autocast = _device(params)
+    torch.set_num_threads(max(torch.get_num_threads(), 1))
+
+    if params.method == "head":
+        tokenizer = load_tokenizer(params.backbone)
+        n_tokens = [len(tokenizer.encode(it.code, add_special_tokens=False)) for it in items]
+        emb = embed(items, params.backbone, params.max_length, params.prompt_tokens,
+                    params.embed_batch_size, work_dir.parent / "embeddings")
+        x = torch.tensor(build_features(emb, [g.problem_id for g in generations], [it.code for it in items],
+                                        n_tokens, params.features))
+        batches = Batches(make=lambda b: {"x": x[b]})
+
+        def model_for(fold):
+            fit = [i for pid in fold.fit for i in index_of[pid]]
+            mean, std = x[fit].mean(0).numpy(), x[fit].std(0).numpy() + 1e-6
+            return lambda: Head(x.shape[1], params.hidden, params.dropout, mean, std)
+    else:
+        tokenizer = load_tokenizer(params.backbone)
+        ids = [encode(tokenizer, it, params.max_length, params.prompt_tokens) for it in items]
+        lengths = np.array([len(t) for t in ids])
+        pad = tokenizer.pad_token_id
+
+        def make(b: list[int]) -> dict:
+            width = max(lengths[b])
+            input_ids = torch.full((len(b), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(b), width), dtype=torch.long)
+            for r, i in enumerate(b):
+                input_ids[r, :lengths[i]] = torch.tensor(ids[i])
+                mask[r, :lengths[i]] = 1
+            return {"input_ids": input_ids, "attention_mask": mask}
+
+        batches = Batches(make=make, lengths=lengths)
+
+        def model_for(fold):
+            def build():
+                model = load_classifier(params.backbone, pad)
+                if params.method == "lora":
+                    try:
+                        from peft import LoraConfig, TaskType, get_peft_model
+                    except ImportError:
+                        raise ParamsError("train.method=lora needs peft (pip install 'fractal[gpu]')") from None
+                    model = get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, r=params.lora_r,
+                                                              lora_alpha=2 * params.lora_r, lora_dropout=params.dropout))
+                return _LogitsOnly(model)
+            return build
+
+    results = []
+    for fold in folds:
+        results.append(train_fold(fold, index_of, y, model_for(fold), batches, params,
+                                  work_dir / f"fold-{fold.index}", device, autocast))
+    scores = [Score(problem_id=generations[i].problem_id, sample=generations[i].sample, score=s, fold=r.fold)
+              for r in results for i, s in sorted(r.scores.items())]
+    scores.sort(key=lambda s: (s.problem_id, s.sample))
+    config = {"backbone": params.backbone, "method": params.method, "features": params.features,
+              "max_length": params.max_length, "prompt_tokens": params.prompt_tokens, "hidden": params.hidden,
+              "folds": [asdict(f) for f in folds]}
+    return CriticRun(scores, results, config)
+
+
+class _LogitsOnly(torch.nn.Module):
+    """Makes a transformers classifier return a 1-d logits tensor like Head does."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits.squeeze(-1)
+
+
+def export(run: CriticRun, work_dir: str | Path, out_dir: str | Path) -> None:
+    """Writes the DVC-tracked critic: per fold, each epoch's weights and the best, plus
+    critic.json. Written beside out_dir and renamed in, so a kill leaves no half folder."""
+    import shutil
+
+    work_dir, out_dir = Path(work_dir), Path(out_dir)
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for r in run.folds:
+        src, dst = work_dir / f"fold-{r.fold}", tmp / f"fold-{r.fold}"
+        dst.mkdir()
+        for ckpt in sorted(src.glob("epoch-*.pt")):
+            state = torch.load(ckpt, map_location="cpu", weights_only=False)
+            torch.save({"model": state["model"], "epoch": state["epoch"], "metrics": state["history"][-1]}, dst / ckpt.name)
+        shutil.copy2(src / "best.pt", dst / "best.pt")
+    config = {**run.config, "best_epochs": {r.fold: r.best_epoch for r in run.folds}}
+    (tmp / "critic.json").write_text(json.dumps(config, indent=2) + "\n")
+    shutil.rmtree(out_dir, ignore_errors=True)
+    tmp.rename(out_dir)

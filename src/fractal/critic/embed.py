@@ -1,0 +1,83 @@
+"""Frozen-encoder embeddings, computed once per distinct input and cached on disk.
+
+The cache is a folder of shard files keyed by a hash of (backbone, truncation, input), so a
+killed train stage keeps what it embedded, a rerun with other head params embeds nothing,
+and an enlarged sample set embeds only the new candidates.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from fractal.critic.backbone import load_encoder, load_tokenizer
+from fractal.critic.inputs import CriticInput, encode
+from fractal.records import atomic_path
+
+
+def input_key(backbone: str, max_length: int, prompt_tokens: int, item: CriticInput) -> str:
+    h = hashlib.sha256()
+    for part in (backbone, str(max_length), str(prompt_tokens), item.prompt, item.code):
+        h.update(part.encode())
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def _load_cache(cache_dir: Path) -> dict[str, np.ndarray]:
+    cache: dict[str, np.ndarray] = {}
+    for shard in sorted(cache_dir.glob("shard-*.npz")):
+        with np.load(shard) as z:
+            cache.update(zip(z["keys"].tolist(), z["vectors"]))
+    return cache
+
+
+def _save_shard(cache_dir: Path, keys: list[str], vectors: np.ndarray) -> None:
+    name = hashlib.sha256("".join(keys).encode()).hexdigest()[:16]
+    with atomic_path(cache_dir / f"shard-{name}.npz") as tmp:
+        with tmp.open("wb") as f:
+            np.savez(f, keys=np.array(keys), vectors=vectors.astype(np.float32))
+
+
+def embed(items: list[CriticInput], backbone: str, max_length: int, prompt_tokens: int,
+          batch_size: int, cache_dir: str | os.PathLike) -> np.ndarray:
+    """Mean-pooled, L2-normalised encoder embeddings of every item, one row per item."""
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    keys = [input_key(backbone, max_length, prompt_tokens, it) for it in items]
+    cache = _load_cache(cache_dir)
+    todo = {k: it for k, it in zip(keys, items) if k not in cache}  # distinct inputs only
+    if todo:
+        tokenizer = load_tokenizer(backbone)
+        encoder = load_encoder(backbone).eval()
+        ids = {k: encode(tokenizer, it, max_length, prompt_tokens) for k, it in todo.items()}
+        # Batching by length: little padding, so far less work on CPU.
+        order = sorted(ids, key=lambda k: len(ids[k]))
+        pad = tokenizer.pad_token_id or 0
+        shard_keys, shard_vecs = [], []
+        with torch.inference_mode(), tqdm(total=len(order), desc="embed", unit="input") as bar:
+            for start in range(0, len(order), batch_size):
+                batch = order[start:start + batch_size]
+                width = max(len(ids[k]) for k in batch)
+                input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
+                mask = torch.zeros((len(batch), width), dtype=torch.long)
+                for i, k in enumerate(batch):
+                    input_ids[i, :len(ids[k])] = torch.tensor(ids[k])
+                    mask[i, :len(ids[k])] = 1
+                hidden = encoder(input_ids=input_ids, attention_mask=mask).last_hidden_state
+                pooled = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+                pooled = torch.nn.functional.normalize(pooled, dim=-1).numpy()
+                for k, v in zip(batch, pooled):
+                    cache[k] = v
+                shard_keys += batch
+                shard_vecs.append(pooled)
+                if len(shard_keys) >= 2048:  # a shard every ~2k inputs: little lost on a kill
+                    _save_shard(cache_dir, shard_keys, np.concatenate(shard_vecs))
+                    shard_keys, shard_vecs = [], []
+                bar.update(len(batch))
+        if shard_keys:
+            _save_shard(cache_dir, shard_keys, np.concatenate(shard_vecs))
+    return np.stack([cache[k] for k in keys])

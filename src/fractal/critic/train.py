@@ -1,0 +1,178 @@
+"""Training the critic: one loop, read top to bottom.
+
+Two kinds of critic share the loop:
+- head (default, CPU): a small MLP on frozen, cached encoder embeddings (critic/features.py);
+- full / lora: the backbone itself fine-tuned with a one-logit classification head (GPU).
+
+Each fold's run keeps a checkpoint per epoch (model, optimizer, history) in `run_dir`; a
+killed run resumes from the last complete epoch and, because every epoch's randomness is
+seeded from (seed, fold, epoch), ends exactly where an uninterrupted run would have.
+"""
+from __future__ import annotations
+
+import math
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from fractal.critic.folds import Fold
+from fractal.params import TrainParams
+from fractal.records import atomic_path
+
+
+def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Area under the ROC curve (Mann-Whitney, ties count half); nan with one class only."""
+    from fractal.ranking import auroc as _auroc
+
+    return _auroc(scores, labels)
+
+
+class Head(nn.Module):
+    """MLP (or logistic regression with hidden=0) on standardised features."""
+
+    def __init__(self, n_in: int, hidden: int, dropout: float, mean: np.ndarray, std: np.ndarray):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32))
+        if hidden:
+            self.net = nn.Sequential(nn.Dropout(dropout), nn.Linear(n_in, hidden), nn.GELU(),
+                                     nn.Dropout(dropout), nn.Linear(hidden, 1))
+        else:
+            self.net = nn.Linear(n_in, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net((x - self.mean) / self.std).squeeze(-1)
+
+
+@dataclass
+class Batches:
+    """Turns a list of candidate indices into model inputs."""
+    make: Callable[[list[int]], dict]
+    lengths: np.ndarray | None = None  # token lengths: batch by length when given
+
+
+@dataclass
+class FoldResult:
+    fold: int
+    best_epoch: int
+    history: list[dict] = field(default_factory=list)
+    scores: dict[int, float] = field(default_factory=dict)  # candidate index -> probability
+
+
+def _epoch_batches(indices: list[int], batch_size: int, rng: np.random.Generator,
+                   lengths: np.ndarray | None) -> list[list[int]]:
+    idx = np.array(indices)
+    rng.shuffle(idx)
+    if lengths is not None:
+        # Sort within chunks of 50 batches by length: little padding, still shuffled.
+        chunk = batch_size * 50
+        idx = np.concatenate([sorted(idx[i:i + chunk], key=lambda j: lengths[j]) for i in range(0, len(idx), chunk)])
+    batches = [idx[i:i + batch_size].tolist() for i in range(0, len(idx), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def _predict(model: nn.Module, batches: Batches, indices: list[int], batch_size: int,
+             device: str, autocast: torch.dtype | None) -> np.ndarray:
+    model.eval()
+    out = np.zeros(len(indices), dtype=np.float64)
+    order = np.argsort(batches.lengths[indices]) if batches.lengths is not None else np.arange(len(indices))
+    with torch.inference_mode():
+        for s in range(0, len(indices), batch_size):
+            pos = order[s:s + batch_size]
+            inputs = {k: v.to(device) for k, v in batches.make([indices[p] for p in pos]).items()}
+            with torch.autocast(device_type=device.split(":")[0], dtype=autocast, enabled=autocast is not None):
+                logits = model(**inputs)
+            out[pos] = torch.sigmoid(logits.float()).cpu().numpy()
+    return out
+
+
+def _fault_injection_step() -> int:
+    # For the resume test: FRACTAL_FAULT_KILL_AT_STEP=N sends SIGKILL to this process at
+    # global optimizer step N, the way an OOM killer or a lost machine would.
+    return int(os.environ.get("FRACTAL_FAULT_KILL_AT_STEP", "0"))
+
+
+def train_fold(fold: Fold, index_of: dict[str, list[int]], labels: np.ndarray, build_model: Callable[[], nn.Module],
+               batches: Batches, params: TrainParams, run_dir: Path, device: str = "cpu",
+               autocast: torch.dtype | None = None) -> FoldResult:
+    """Fits one fold's critic with early stopping on validation AUROC; returns its history
+    and the best epoch's scores for the fold's scored problems."""
+    fit = [i for pid in fold.fit for i in index_of[pid]]
+    val = [i for pid in fold.validation for i in index_of[pid]]
+    scored = [i for pid in fold.scored for i in index_of[pid]]
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+    model = build_model().to(device)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=params.lr, weight_decay=params.weight_decay)
+    y = torch.tensor(labels, dtype=torch.float32)
+    n_pos = float(labels[fit].sum())
+    pos_weight = (len(fit) - n_pos) / max(n_pos, 1.0) if params.balance else 1.0
+    loss_fn = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(pos_weight, device=device))
+
+    history: list[dict] = []
+    best_auroc, best_epoch, start = -math.inf, -1, 0
+    last = sorted(run_dir.glob("epoch-*.pt"))
+    if last:
+        state = torch.load(last[-1], map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        history, best_auroc, best_epoch = state["history"], state["best_auroc"], state["best_epoch"]
+        start = state["epoch"] + 1
+        print(f"train: fold {fold.index}: resuming after epoch {state['epoch'] + 1} ({last[-1]})")
+
+    kill_at = _fault_injection_step()
+    steps_per_epoch = math.ceil(len(fit) / params.batch_size)
+    for epoch in range(start, params.epochs):
+        if epoch - best_epoch > params.patience:
+            break
+        seed = params.seed * 1_000_003 + fold.index * 1009 + epoch
+        torch.manual_seed(seed)
+        rng = np.random.default_rng(seed)
+        model.train()
+        total, t0 = 0.0, time.time()
+        bar = tqdm(_epoch_batches(fit, params.batch_size, rng, batches.lengths), leave=False,
+                   desc=f"fold {fold.index} epoch {epoch + 1}", unit="batch")
+        for step, b in enumerate(bar):
+            inputs = {k: v.to(device) for k, v in batches.make(b).items()}
+            with torch.autocast(device_type=device.split(":")[0], dtype=autocast, enabled=autocast is not None):
+                logits = model(**inputs)
+            loss = loss_fn(logits.float(), y[b].to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(b)
+            if kill_at and epoch * steps_per_epoch + step + 1 == kill_at:
+                os.kill(os.getpid(), signal.SIGKILL)
+        p_val = _predict(model, batches, val, params.batch_size, device, autocast)
+        y_val = labels[val]
+        eps = 1e-7
+        val_loss = float(-np.mean(y_val * np.log(p_val + eps) + (1 - y_val) * np.log(1 - p_val + eps)))
+        row = {"fold": fold.index, "epoch": epoch + 1, "train_loss": total / len(fit), "val_loss": val_loss,
+               "val_auroc": auroc(p_val, y_val), "val_accuracy": float(np.mean((p_val > 0.5) == y_val)),
+               "seconds": round(time.time() - t0, 2)}
+        history.append(row)
+        improved = not math.isnan(row["val_auroc"]) and row["val_auroc"] > best_auroc
+        if improved or best_epoch < 0:
+            best_auroc, best_epoch = (row["val_auroc"] if improved else best_auroc), epoch
+            with atomic_path(run_dir / "best.pt") as tmp:
+                torch.save({"model": model.state_dict(), "epoch": epoch, "metrics": row}, tmp)
+        with atomic_path(run_dir / f"epoch-{epoch:03d}.pt") as tmp:
+            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch,
+                        "history": history, "best_auroc": best_auroc, "best_epoch": best_epoch}, tmp)
+        print(f"train: fold {fold.index} epoch {epoch + 1}: loss {row['train_loss']:.4f} "
+              f"val loss {val_loss:.4f} val AUROC {row['val_auroc']:.4f} acc {row['val_accuracy']:.3f}")
+
+    best = torch.load(run_dir / "best.pt", map_location=device, weights_only=False)
+    model.load_state_dict(best["model"])
+    p_scored = _predict(model, batches, scored, params.batch_size, device, autocast)
+    return FoldResult(fold.index, best_epoch + 1, history, dict(zip(scored, p_scored.tolist())))

@@ -1,0 +1,30 @@
+"""Summaries of labelled candidates: pass rates and status counts per split."""
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+
+from fractal.records import Label, Problem
+
+
+def pass_rates(problems: list[Problem], labels: list[Label]) -> dict[str, dict]:
+    """Per split and over all candidates ("all"): the mean pass rate, the oracle (share of
+    problems with at least one passing candidate) and the count of each status."""
+    split_of = {p.problem_id: p.split for p in problems}
+    by_problem: dict[str, list[Label]] = defaultdict(list)
+    for lab in labels:
+        by_problem[lab.problem_id].append(lab)
+    groups: dict[str, list[str]] = defaultdict(list)
+    for pid in by_problem:
+        groups[split_of[pid]].append(pid)
+        groups["all"].append(pid)
+    out = {}
+    for split, pids in sorted(groups.items()):
+        labs = [lab for pid in pids for lab in by_problem[pid]]
+        out[split] = {
+            "problems": len(pids),
+            "candidates": len(labs),
+            "pass_rate": sum(lab.passed for lab in labs) / len(labs),
+            "oracle": sum(any(lab.passed for lab in by_problem[pid]) for pid in pids) / len(pids),
+            "statuses": dict(sorted(Counter(lab.status for lab in labs).items())),
+        }
+    return out

@@ -1,0 +1,10 @@
+"""generate: N candidate programs per problem -> data/generations.jsonl"""
+from fractal import params
+from fractal.generation import get_backend
+from fractal.records import Problem, read_jsonl, write_jsonl
+
+p = params.load("generate")
+problems = [x for x in read_jsonl("data/problems.jsonl", Problem) if x.split != "prompt"]
+backend = get_backend(p.backend)
+n = write_jsonl("data/generations.jsonl", backend.generate(problems, p))
+print(f"generate: {n} candidates for {len(problems)} problems ({p.backend}, {p.model})")

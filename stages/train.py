@@ -1,0 +1,29 @@
+"""train: fit the critic on labelled candidates of training problems and score held-out
+problems -> models/critic/, data/scores.jsonl, metrics/train.json, plots/train/"""
+import time
+
+import numpy as np
+
+from fractal import params
+from fractal.critic.crossfit import export, fit_and_score, run_key
+from fractal.records import Generation, Label, Problem, read_jsonl, write_json, write_jsonl
+
+p = params.load("train")
+problems = read_jsonl("data/problems.jsonl", Problem)
+generations = read_jsonl("data/generations.jsonl", Generation)
+labels = read_jsonl("data/labels.jsonl", Label)
+
+t0 = time.time()
+work_dir = f".fractal/train/{run_key(p, problems, generations, labels)}"  # checkpoints to resume from
+run = fit_and_score(problems, generations, labels, p, work_dir)
+export(run, work_dir, "models/critic")
+write_jsonl("data/scores.jsonl", run.scores)
+
+best = [next(h for h in r.history if h["epoch"] == r.best_epoch) for r in run.folds]
+metrics = {key: float(np.mean([b[key] for b in best])) for key in ("val_auroc", "val_accuracy", "val_loss")}
+metrics.update(folds=len(run.folds), scored_candidates=len(run.scores), seconds=round(time.time() - t0, 1))
+write_json("metrics/train.json", metrics)
+for r in run.folds:
+    write_json(f"plots/train/fold-{r.fold}.json", r.history)
+print(f"train: {len(run.folds)} fold(s), validation AUROC {metrics['val_auroc']:.4f}, "
+      f"accuracy {metrics['val_accuracy']:.3f}, {metrics['seconds']:.0f} s")
