@@ -237,7 +237,7 @@ def evaluate(problems: list[ScoredProblem], ks: list[int], resamples: int = 2000
     rnd, crit, orc = (col["random"], col["critic"], col["oracle"])
 
     diff_draws = draws[:, crit] - draws[:, rnd]
-    gap_point = _gap(point[crit:crit + 1], point[rnd:rnd + 1], point[orc:orc + 1])[0]
+    gap_point = _gap(point[[crit]], point[[rnd]], point[[orc]])[0]
 
     all_scores = np.concatenate([p.scores for p in problems])
     all_passed = np.concatenate([p.passed for p in problems])
@@ -280,8 +280,8 @@ def evaluate(problems: list[ScoredProblem], ks: list[int], resamples: int = 2000
     curve = []
     for k in ks_used:
         row: dict[str, Any] = {"k": k}
-        for method, name in (("random", f"pass@{k}"), ("critic", f"critic@{k}")):
-            est = metrics["pass_at_k" if method == "random" else "critic_at_k"][str(k)]
+        for method, key in (("random", "pass_at_k"), ("critic", "critic_at_k")):
+            est = metrics[key][str(k)]
             row[method] = est["value"]
             row[f"{method}_low"], row[f"{method}_high"] = est["low"], est["high"]
         row["oracle"] = metrics["oracle_pass_at_n"]["value"]
@@ -417,12 +417,12 @@ def summary(metrics: dict[str, Any]) -> str:
     a = m["auroc"]
     lines = [
         f"rank: {m['n_problems']} problems x {m['n_samples_per_problem']} candidates "
-        f"({m['problems_with_a_pass_and_a_fail']} with both a pass and a fail); "
-        f"% with {m['bootstrap']['level']:.0%} bootstrap intervals over problems",
+        f"({m['problems_with_a_pass_and_a_fail']} with both a pass and a fail)",
+        f"  rates in %, [{m['bootstrap']['level']:.0%} bootstrap interval over problems]",
         f"  random pass@1   {pct(m['random_pass_at_1'])}",
         f"  critic top-1    {pct(m['critic_top1'])}",
         f"  oracle pass@N   {pct(m['oracle_pass_at_n'])}",
-        f"  critic - random {pct(m['critic_minus_random'], signed=True)}  (paired; points)",
+        f"  critic - random {pct(m['critic_minus_random'], signed=True)}  (percentage points, paired)",
         f"  gap closed      {pct(m['gap_closed'])}",
     ]
     auc = "n/a" if a["pooled"] is None else f"{a['pooled']:.3f}"
