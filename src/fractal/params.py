@@ -97,7 +97,8 @@ class RankParams:
     ks: list[int] = dataclasses.field(default_factory=lambda: [1, 2, 3, 5, 10, 20, 50, 100])
     bootstrap: int = 2000  # resamples of problems for the 95 % intervals
     seed: int = 0
-    calibration_bins: int = 10
+    calibration_bins: int = 10  # equal bins of the score on [0, 1] for the reliability diagram
+    histogram_bins: int = 20  # equal bins of the score on [0, 1] for the histograms by status
 
 
 SECTIONS: dict[str, type] = {
