@@ -25,10 +25,10 @@ def critic_input(problem: Problem, generation: Generation) -> CriticInput:
 
 
 def encode(tokenizer, item: CriticInput, max_length: int, prompt_tokens: int) -> list[int]:
-    """Token ids of [CLS] prompt [SEP] code [SEP] (or the model's own pair format)."""
-    prompt_ids = tokenizer.encode(item.prompt, add_special_tokens=False)[:prompt_tokens]
-    code_ids = tokenizer.encode(item.code, add_special_tokens=False)
-    n_special = tokenizer.num_special_tokens_to_add(pair=True)
-    room = max(max_length - n_special - len(prompt_ids), 0)
-    code_ids = code_ids[:room]
-    return tokenizer.build_inputs_with_special_tokens(prompt_ids, code_ids)
+    """Token ids of the (prompt, code) pair in the model's own pair format, e.g.
+    [CLS] prompt [SEP] code [SEP]."""
+    enc = tokenizer(item.prompt, add_special_tokens=False, return_offsets_mapping=True)
+    prompt = item.prompt
+    if len(enc["input_ids"]) > prompt_tokens:
+        prompt = item.prompt[: enc["offset_mapping"][prompt_tokens][0]]
+    return tokenizer(prompt, item.code, truncation="only_second", max_length=max_length)["input_ids"]
