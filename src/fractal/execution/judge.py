@@ -1,0 +1,268 @@
+"""Deciding pass/fail outside the candidate's process.
+
+The choice: the benchmark's own tests run here, in the labeler, against a stand-in for
+the candidate that returns the values the candidate returned in the sandbox.
+
+1. Recording (`plan_tests`, once per problem): the tests run with the reference solution,
+   and every call they make to the entry point is recorded as plain data (positional and
+   keyword arguments). `random` is seeded, so tests with random inputs (HumanEval/32,
+   /38, /53) make the same calls every time. The reference's runtime sets the time limit.
+2. Execution (sandbox, worker.py): the candidate's program runs, then its entry point is
+   called with each recorded input; each return value (or exception type) comes back as
+   plain data. The sandbox never holds the tests, the expected values or the reference.
+3. Judging (`judge`): the tests run again with the reference's namespace (so helpers the
+   tests use, like HumanEval's `poly` or `encode_cyclic`, are the reference's, not the
+   candidate's) and the stand-in replays the candidate's values in order.
+
+What this buys: no `__eq__`, exit code, printed text, frame walk or patched builtin in the
+candidate's process can reach the verdict, because the comparisons happen here on exact
+builtin values; and the candidate cannot read expected answers to hard-code them.
+
+Limits of the choice (documented, checked where possible):
+- Test inputs must not depend on earlier outputs; recording twice and comparing catches
+  non-determinism, and the replay checks each call's arguments against the recording.
+- Arguments must be plain data (true of HumanEval and MBPP's function tests). A problem
+  whose tests pass objects (a class instance, a function) raises an error naming it.
+- Effects other than the return value (mutating an argument in place, printing) are not
+  seen by the tests. No HumanEval test looks at them.
+- A returned object that is not plain data (a generator, an ndarray) equals nothing and
+  keeps only its truth value; numpy scalars and subclasses of builtins keep their value.
+"""
+from __future__ import annotations
+
+import ast
+import builtins
+import contextlib
+import io
+import json
+import random
+import re
+import struct
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from fractal.execution.plain import MalformedPlainData, decode_plain
+from fractal.execution.worker import encode_plain
+from fractal.records import Problem
+
+_HEADER = struct.Struct(">I")
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.]{0,79}")
+TEST_SEED = 0
+
+
+class TestPlanError(ValueError):
+    pass
+
+
+@dataclass
+class TestPlan:
+    problem: Problem
+    calls: list[str]  # each call's [args, kwargs], encoded (see worker.encode_plain)
+    reference_seconds: float  # reference program + all its test calls, wall time
+    reference_passed: bool
+    reference_code: Any
+    tests_code: Any
+
+    @property
+    def calls_json(self) -> str:
+        return "[" + ",".join(self.calls) + "]"
+
+    def time_limit(self, factor: float, floor: float, cap: float) -> float:
+        return min(cap, max(floor, factor * self.reference_seconds))
+
+
+class _Missing(BaseException):
+    """The candidate's process ended before it returned from this call."""
+
+
+class _Diverged(BaseException):
+    """The tests made a call the recording does not have."""
+
+
+class CandidateRaised(Exception):
+    """Base of the stand-ins for exceptions the candidate raised."""
+
+
+def _encode_call(args: tuple, kwargs: dict) -> str:
+    return json.dumps([encode_plain(list(args)), encode_plain(dict(kwargs))], allow_nan=True)
+
+
+def _run_tests(problem: Problem, ns: dict, candidate: Callable, tests_code: Any) -> None:
+    state = random.getstate()
+    random.seed(TEST_SEED)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            if problem.test_style == "check":
+                exec(tests_code, ns)
+                ns["check"](candidate)
+            elif problem.test_style == "asserts":
+                ns[problem.entry_point] = candidate
+                exec(tests_code, ns)
+            else:
+                raise TestPlanError(f"{problem.problem_id}: unknown test_style {problem.test_style!r} (check or asserts)")
+    finally:
+        random.setstate(state)
+
+
+def _record(problem: Problem, reference_code: Any, tests_code: Any) -> tuple[list[str], bool, float]:
+    ns: dict = {"__name__": "__reference__"}
+    start = time.perf_counter()
+    exec(reference_code, ns)
+    fn = ns.get(problem.entry_point)
+    if not callable(fn):
+        raise TestPlanError(f"{problem.problem_id}: the reference defines no function {problem.entry_point!r}")
+    calls: list[str] = []
+
+    def recorder(*args, **kwargs):
+        try:
+            calls.append(_encode_call(args, kwargs))
+        except (ValueError, RecursionError) as e:
+            raise TestPlanError(f"{problem.problem_id}: the tests pass an argument that is not plain data ({e})") from None
+        return fn(*args, **kwargs)
+
+    passed = True
+    try:
+        _run_tests(problem, ns, recorder, tests_code)
+    except TestPlanError:
+        raise
+    except Exception:
+        passed = False
+    seconds = time.perf_counter() - start
+    for c in calls:
+        if '{"o":' in c:
+            raise TestPlanError(f"{problem.problem_id}: the tests pass an argument that is not plain data")
+    return calls, passed, seconds
+
+
+class _DropAssertMessages(ast.NodeTransformer):
+    # `assert ok, f"got {candidate(x)}"` calls the candidate again, on inputs the recording
+    # may not have, but only once the assert has failed: the message cannot change a verdict.
+    def visit_Assert(self, node: ast.Assert) -> ast.Assert:
+        node.msg = None
+        return node
+
+
+def compile_tests(problem: Problem) -> Any:
+    tree = _DropAssertMessages().visit(ast.parse(problem.tests))
+    return compile(tree, f"<tests {problem.problem_id}>", "exec")
+
+
+def plan_tests(problem: Problem) -> TestPlan:
+    """Records the calls the tests make, with the reference solution, and times them."""
+    try:
+        reference_code = compile(problem.reference, f"<reference {problem.problem_id}>", "exec")
+        tests_code = compile_tests(problem)
+    except SyntaxError as e:
+        raise TestPlanError(f"{problem.problem_id}: the reference or the tests do not compile ({e})") from None
+    first, passed, seconds = _record(problem, reference_code, tests_code)
+    second, _, seconds2 = _record(problem, reference_code, tests_code)
+    if first != second:
+        raise TestPlanError(f"{problem.problem_id}: the tests call the function with different inputs on each run "
+                            "(not seeded by `random`), so they cannot be replayed")
+    return TestPlan(problem, first, min(seconds, seconds2), passed, reference_code, tests_code)
+
+
+def parse_frames(payload: bytes) -> tuple[list[dict], bool]:
+    """The child's frames, and whether the stream was well formed to its end."""
+    frames = []
+    i = 0
+    while i + 4 <= len(payload):
+        (n,) = _HEADER.unpack_from(payload, i)
+        body = payload[i + 4 : i + 4 + n]
+        if len(body) < n:
+            return frames, False
+        try:
+            obj = json.loads(body)
+        except (ValueError, RecursionError):
+            return frames, False
+        if type(obj) is not dict or len(obj) != 1:
+            return frames, False
+        frames.append(obj)
+        i += 4 + n
+    return frames, i == len(payload)
+
+
+def _name(raw: Any) -> str:
+    if type(raw) is str and _NAME.fullmatch(raw):
+        return raw
+    return "Exception"
+
+
+def _exception_status(name: str) -> tuple[str, str]:
+    if name == "MemoryError":
+        return "memory", name
+    return "error", name
+
+
+def end_status(header: dict, limit: float) -> tuple[str, str]:
+    """The status when the candidate's process stopped before the tests had their answers."""
+    end = header.get("end")
+    if end == "timeout":
+        return "timeout", f"limit {limit:g}s"
+    if end == "output_limit":
+        return "output_limit", f"{header.get('output_bytes', 0)} bytes of output"
+    if end == "signal":
+        return "crashed", f"signal {header.get('code')}"
+    if end == "worker":
+        return "crashed", header.get("detail", "worker died")
+    return "error", f"exited with code {header.get('code')} before the tests finished"
+
+
+_exception_types: dict[str, type] = {}
+
+
+def _stand_in(name: str) -> BaseException:
+    cls = _exception_types.get(name)
+    if cls is None:
+        base = getattr(builtins, name, None)
+        bases = (base, CandidateRaised) if isinstance(base, type) and issubclass(base, Exception) else (CandidateRaised,)
+        cls = type(name, bases, {})
+        _exception_types[name] = cls
+    return cls(f"raised by the candidate")
+
+
+def judge(plan: TestPlan, header: dict, payload: bytes, limit: float) -> tuple[str, str]:
+    """(status, detail) for one execution of a candidate."""
+    frames, _ = parse_frames(payload)
+    if not frames:
+        return end_status(header, limit)
+    first = frames[0]
+    if "syntax" in first:
+        return "syntax_error", _name(first["syntax"])
+    if "x" in first:
+        return _exception_status(_name(first["x"]))
+    if "load" not in first:
+        return "error", "malformed result"
+    results = [f for f in frames[1:] if "r" in f or "x" in f]
+    i = 0
+
+    def candidate(*args, **kwargs):
+        nonlocal i
+        if i >= len(plan.calls) or _encode_call(args, kwargs) != plan.calls[i]:
+            raise _Diverged
+        if i >= len(results):
+            raise _Missing
+        frame = results[i]
+        i += 1
+        if "r" in frame:
+            return decode_plain(frame["r"])
+        raise _stand_in(_name(frame["x"]))
+
+    ns: dict = {"__name__": "__reference__"}
+    try:
+        exec(plan.reference_code, ns)
+        _run_tests(plan.problem, ns, candidate, plan.tests_code)
+    except _Missing:
+        return end_status(header, limit)
+    except _Diverged:
+        return "error", "tests diverged from their recording"
+    except CandidateRaised as e:
+        return _exception_status(type(e).__name__)
+    except MalformedPlainData:
+        return "error", "malformed result"
+    except AssertionError:
+        return "failed", "assertion"
+    except Exception as e:  # the tests choked on the value (None - 1, len(5), ...)
+        return "failed", f"{type(e).__name__} in tests"
+    return "passed", ""

@@ -1,0 +1,112 @@
+"""label_candidates: every generation executed (once per distinct program) and judged."""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+from fractal.execution.cache import LabelCache, label_key, limits_of
+from fractal.execution.judge import TestPlan, judge, plan_tests
+from fractal.execution.pool import WorkerPool
+from fractal.params import LabelParams
+from fractal.records import Generation, Label, Problem
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def label_candidates(problems: list[Problem], generations: list[Generation], params: LabelParams) -> list[Label]:
+    """One Label per generation, in the order of `generations`.
+
+    Identical programs of a problem run once; labels already in the cache (same program,
+    tests, reference and limits) are not run again.
+    """
+    by_id = {p.problem_id: p for p in problems}
+    missing = sorted({g.problem_id for g in generations} - set(by_id))
+    if missing:
+        raise ValueError(f"{len(missing)} generation(s) name problems that are not given (first: {missing[0]}); "
+                         "were generations made from another prepare output?")
+    limits = limits_of(params)
+    keys = [label_key(by_id[g.problem_id], g.program, limits) for g in generations]
+    first_of: dict[str, Generation] = {}
+    for key, g in zip(keys, generations):
+        first_of.setdefault(key, g)
+
+    cache = LabelCache(params.cache_dir)
+    try:
+        known = cache.get_many(list(first_of))
+        todo = [(key, g) for key, g in first_of.items() if key not in known]
+        print(f"label: {len(generations)} candidates, {len(first_of)} distinct programs, "
+              f"{len(known)} in the cache, {len(todo)} to run", file=sys.stderr)
+        if todo:
+            known.update(_execute(todo, by_id, params, cache))
+    finally:
+        cache.close()
+    labels = []
+    for key, g in zip(keys, generations):
+        status, detail, duration = known[key]
+        labels.append(Label(g.problem_id, g.sample, status, status == "passed", duration, detail))
+    return labels
+
+
+def _execute(todo: list[tuple[str, Generation]], by_id: dict[str, Problem], params: LabelParams,
+             cache: LabelCache) -> dict[str, tuple[str, str, float]]:
+    plans: dict[str, TestPlan] = {}
+    for pid in tqdm(sorted({g.problem_id for _, g in todo}), desc="label: record tests", unit="problem",
+                    leave=False):
+        plans[pid] = plan_tests(by_id[pid])
+    broken = [pid for pid, p in plans.items() if not p.reference_passed]
+    if broken:
+        print(f"label: warning: the reference solution fails its own tests on {len(broken)} problem(s) "
+              f"({', '.join(broken[:5])}{'...' if len(broken) > 5 else ''}); their candidates are still judged",
+              file=sys.stderr)
+    tasks = []
+    for i, (key, g) in enumerate(todo):
+        plan = plans[g.problem_id]
+        tasks.append({
+            "id": i,
+            "key": key,
+            "problem_id": g.problem_id,
+            "program": g.program,
+            "entry_point": plan.problem.entry_point,
+            "calls": plan.calls_json,
+            "time_limit": plan.time_limit(params.timeout_factor, params.timeout_floor, params.timeout_cap),
+            "memory_bytes": params.memory_mb * 1024 * 1024,
+            "max_processes": params.max_processes,
+            "max_file_bytes": params.scratch_mb * 1024 * 1024,
+            "max_output_bytes": params.max_output_bytes,
+            "max_result_bytes": params.max_result_bytes,
+            "recursion_limit": params.recursion_limit,
+        })
+    n_workers = params.workers or _cores()
+    out: dict[str, tuple[str, str, float]] = {}
+    verdicts: dict[tuple, tuple[str, str]] = {}  # same outputs of the same problem: same verdict
+    passed = 0
+    start = time.monotonic()
+    with WorkerPool(params, min(n_workers, len(tasks)), Path(params.cache_dir) / "logs") as pool, \
+            tqdm(total=len(tasks), desc="label", unit="program", smoothing=0.05) as bar:
+        for task, header, payload in pool.run(tasks):
+            plan = plans[task["problem_id"]]
+            memo = (task["problem_id"], header.get("end"), header.get("code"), payload)
+            verdict = verdicts.get(memo)
+            if verdict is None:
+                verdict = judge(plan, header, payload, task["time_limit"])
+                verdicts[memo] = verdict
+            status, detail = verdict
+            duration = float(header.get("duration", 0.0))
+            out[task["key"]] = (status, detail, duration)
+            cache.put(task["key"], status, detail, duration)
+            passed += status == "passed"
+            bar.update(1)
+            bar.set_postfix(passed=passed, refresh=False)
+    elapsed = time.monotonic() - start
+    print(f"label: ran {len(tasks)} programs in {elapsed:.1f}s ({len(tasks) / max(elapsed, 1e-9):.0f}/s) "
+          f"on {n_workers} sandboxed workers", file=sys.stderr)
+    return out

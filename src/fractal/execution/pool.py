@@ -1,0 +1,201 @@
+"""A pool of warm sandboxed workers, one per core, fed tasks over pipes.
+
+Each worker gets up to two tasks at a time, so it starts the next candidate while the
+labeler judges the last. A worker that dies or stops answering is replaced; the task it
+was running gets the end `worker`, the ones queued behind it are sent again.
+"""
+from __future__ import annotations
+
+import collections
+import json
+import os
+import selectors
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from fractal.execution import plain, worker as worker_module
+from fractal.execution.isolation import Sandbox, make_sandbox
+from fractal.params import LabelParams
+
+_HEADER = struct.Struct(">I")
+_DEPTH = 2  # tasks queued per worker
+_SLACK = 10.0  # seconds beyond a task's limit before a silent worker counts as hung
+_START_TIMEOUT = 60.0
+
+
+class WorkerStartError(RuntimeError):
+    pass
+
+
+class _Worker:
+    def __init__(self, index: int, params: LabelParams, log_dir: Path):
+        self.index = index
+        self.sandbox: Sandbox = make_sandbox(params, index)
+        config = {
+            "scratch": self.sandbox.scratch,
+            "preload": list(params.preload),
+            "uid": self.sandbox.uid,
+            "decoder_source": Path(plain.__file__).read_text(encoding="utf-8"),
+        }
+        script = Path(worker_module.__file__).read_text(encoding="utf-8")
+        argv = self.sandbox.prefix + [sys.executable, "-s", "-B", "-c", script, json.dumps(config)]
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path = log_dir / f"worker-{index}.log"
+        self.log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+            env=self.sandbox.env or None,  # bwrap clears the environment inside itself
+            cwd=self.sandbox.cwd,
+            start_new_session=True,  # a Ctrl-C reaches the labeler, which stops the workers
+        )
+        self.fd = self.proc.stdout.fileno()
+        os.set_blocking(self.fd, False)
+        self.buf = bytearray()
+        self.inflight: collections.deque[dict] = collections.deque()
+        self.head_since = time.monotonic()
+        self.info = self._await_ready()
+
+    def _await_ready(self) -> dict:
+        deadline = time.monotonic() + _START_TIMEOUT
+        sel = selectors.DefaultSelector()
+        sel.register(self.fd, selectors.EVENT_READ)
+        try:
+            while time.monotonic() < deadline:
+                sel.select(timeout=0.5)
+                frame = self._read_frames(limit=1)
+                if frame is None:
+                    break
+                if frame:
+                    return json.loads(frame[0])
+                if self.proc.poll() is not None:
+                    break
+        finally:
+            sel.close()
+        self.kill()
+        tail = self.log_path.read_text(errors="replace")[-2000:]
+        raise WorkerStartError(f"sandboxed worker {self.index} did not start; its log {self.log_path} ends with:\n{tail}")
+
+    def _read_frames(self, limit: int = 1 << 30) -> list[bytes] | None:
+        """Complete frames read so far; None once the worker has closed its end."""
+        closed = False
+        while True:
+            try:
+                b = os.read(self.fd, 1 << 20)
+            except BlockingIOError:
+                break
+            if not b:
+                closed = True
+                break
+            self.buf += b
+        frames = []
+        while len(frames) < limit and len(self.buf) >= 4:
+            (n,) = _HEADER.unpack_from(self.buf)
+            if len(self.buf) < 4 + n:
+                break
+            frames.append(bytes(self.buf[4 : 4 + n]))
+            del self.buf[: 4 + n]
+        if closed and not frames:
+            return None
+        return frames
+
+    def send(self, task: dict) -> None:
+        if not self.inflight:
+            self.head_since = time.monotonic()
+        self.inflight.append(task)
+        body = json.dumps(task).encode()
+        self.proc.stdin.write(_HEADER.pack(len(body)) + body)
+        self.proc.stdin.flush()
+
+    def kill(self) -> None:
+        # bwrap's --die-with-parent takes the whole sandbox down with it.
+        if self.proc.poll() is None:
+            self.proc.kill()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+        for f in (self.proc.stdin, self.proc.stdout):
+            try:
+                f.close()
+            except OSError:
+                pass
+        self.log.close()
+
+
+class WorkerPool:
+    def __init__(self, params: LabelParams, n: int, log_dir: Path):
+        self.params = params
+        self.log_dir = log_dir
+        self.workers = [_Worker(i, params, log_dir) for i in range(n)]
+        self.restarts = 0
+
+    def __enter__(self) -> "WorkerPool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for w in self.workers:
+            w.kill()
+
+    def run(self, tasks: Iterable[dict]) -> Iterator[tuple[dict, dict, bytes]]:
+        """Yields (task, header, payload) for every task, in completion order."""
+        pending = collections.deque(tasks)
+        sel = selectors.DefaultSelector()
+        for w in self.workers:
+            sel.register(w.fd, selectors.EVENT_READ, w)
+        try:
+            while pending or any(w.inflight for w in self.workers):
+                for w in list(self.workers):
+                    while pending and len(w.inflight) < _DEPTH:
+                        task = pending.popleft()
+                        try:
+                            w.send(task)
+                        except (BrokenPipeError, OSError):
+                            yield from self._replace(w, sel, pending, "worker died")
+                            break
+                for key, _ in sel.select(timeout=0.5):
+                    w = key.data
+                    frames = w._read_frames()
+                    if frames is None:
+                        yield from self._replace(w, sel, pending, "worker died")
+                        continue
+                    for frame in frames:
+                        header_text, _, payload = frame.partition(b"\n")
+                        header = json.loads(header_text)
+                        task = w.inflight.popleft()
+                        assert header["id"] == task["id"], "worker replies out of order"
+                        w.head_since = time.monotonic()
+                        yield task, header, payload
+                now = time.monotonic()
+                for w in list(self.workers):
+                    if w.inflight and now - w.head_since > w.inflight[0]["time_limit"] + _SLACK:
+                        yield from self._replace(w, sel, pending, "worker hung")
+        finally:
+            sel.close()
+
+    def _replace(self, w: _Worker, sel: selectors.BaseSelector, pending: collections.deque, why: str):
+        try:
+            sel.unregister(w.fd)
+        except (KeyError, ValueError):
+            pass
+        w.kill()
+        inflight = list(w.inflight)
+        self.restarts += 1
+        if self.restarts > 20 + 2 * len(self.workers):
+            raise RuntimeError(f"sandboxed workers keep dying ({why}); see the logs in {self.log_dir}")
+        fresh = _Worker(w.index, self.params, self.log_dir)
+        self.workers[self.workers.index(w)] = fresh
+        sel.register(fresh.fd, selectors.EVENT_READ, fresh)
+        if inflight:
+            # The head task was running when the worker went; the rest never started.
+            pending.extendleft(reversed(inflight[1:]))
+            yield inflight[0], {"end": "worker", "code": 0, "duration": 0.0, "detail": why}, b""
