@@ -39,19 +39,21 @@ class PrepareParams:
 @dataclasses.dataclass
 class GenerateParams:
     backend: str = "replay"  # replay | transformers | vllm
-    model: str = "Salesforce/codegen-16B-mono"
+    model: str = "Salesforce/codegen-16B-mono"  # a Hugging Face hub id or a local directory
+    revision: str = ""  # hub branch, tag or commit to pin the model to (empty: the default branch)
     n: int = 100  # samples per problem
     seed: int = 0
     replay_file: str = ""  # replay: recorded samples in CodeT's format
-    prompt_style: str = "completion"  # completion (base models) | chat (instruct models)
+    prompt_style: str = "completion"  # completion (base models) | chat (instruct models, the tokenizer's chat template)
     stop: list[str] = dataclasses.field(default_factory=lambda: ["\nclass", "\ndef", "\n#", "\nif", "\nprint"])
-    temperature: float = 0.8
+    temperature: float = 0.8  # 0: greedy
     top_p: float = 0.95
-    max_tokens: int = 300
-    batch_size: int = 8  # transformers: prompts per forward pass
+    max_tokens: int = 300  # new tokens per sample
+    batch_size: int = 32  # transformers: sequences per forward pass (a problem's samples, in chunks)
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16
-    device: str = "auto"  # auto | cpu | cuda
+    device: str = "auto"  # transformers: auto | cpu | cuda (vllm runs where its build runs)
     gpu_memory_utilization: float = 0.9  # vllm
+    max_model_len: int = 0  # vllm: context to reserve KV cache for (0: the model's own)
 
 
 @dataclasses.dataclass
