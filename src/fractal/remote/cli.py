@@ -1,0 +1,328 @@
+"""`fractal lambda ...`: what users did by hand on Lambda Cloud, with the same safety as runs.
+
+  types                      instance types: price, regions with capacity now
+  launch [--type T] [--region R]   launch (first preference with capacity), wait, pin the host key
+  wait INSTANCE              wait until active and reachable over SSH (pins the host key)
+  ssh-config [INSTANCE...]   OpenSSH config blocks with the pinned known_hosts (--write: to a file)
+  ssh INSTANCE [CMD...]      ssh in (or run CMD) with the pinned host key
+  sync INSTANCE [--stage S]  rsync this workspace (files git knows, a stage's deps) to the instance
+  status                     instances, uptime, cost so far; warns about what is billing
+  terminate INSTANCE... | --all   terminate (--all: every instance fractal launched)
+  watchdog [--once]          apply the idle/age limits until no launched instance is left
+  double                     a local stand-in for Lambda (API + sshd) to dry-run remote stages
+
+INSTANCE is an id, a unique id prefix or a name; it may be left out when fractal launched
+exactly one instance that is still running.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from typing import Any
+
+log = logging.getLogger("fractal.remote.cli")
+
+
+def add_lambda_parser(sub: Any) -> None:
+    """Registers `fractal lambda` on the top-level subparsers (imports nothing heavy)."""
+    p = sub.add_parser("lambda", help="Lambda Cloud instances: launch, wait, ssh, sync, status, terminate",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    cmds = p.add_subparsers(dest="lambda_command", required=True)
+
+    c = cmds.add_parser("types", help="instance types, prices and regions with capacity")
+    c.add_argument("--available", action="store_true", help="only types with capacity somewhere")
+    c.set_defaults(func=_guarded(_types))
+
+    c = cmds.add_parser("launch", help="launch an instance (kept until terminated or idle past the limit)")
+    c.add_argument("--type", action="append", dest="types", metavar="TYPE",
+                   help="instance type, in preference order (repeat); default: lambda.instance_types")
+    c.add_argument("--region", action="append", dest="regions", metavar="REGION",
+                   help="region, in preference order (repeat); default: lambda.regions, else any with capacity")
+    c.add_argument("--no-wait", action="store_true", help="return once launched, without waiting for it to boot")
+    c.set_defaults(func=_guarded(_launch))
+
+    c = cmds.add_parser("wait", help="wait until an instance is active and answers SSH; pin its host key")
+    c.add_argument("instance", nargs="?")
+    c.set_defaults(func=_guarded(_wait))
+
+    c = cmds.add_parser("ssh-config", help="OpenSSH config for instances (pinned known_hosts per instance)")
+    c.add_argument("instances", nargs="*")
+    c.add_argument("--write", action="store_true",
+                   help="write $FRACTAL_HOME/lambda/ssh_config and print the Include line for ~/.ssh/config")
+    c.set_defaults(func=_guarded(_ssh_config))
+
+    c = cmds.add_parser("ssh", help="ssh to an instance (or run a command there)")
+    c.add_argument("instance", nargs="?")
+    c.add_argument("command", nargs=argparse.REMAINDER)
+    c.set_defaults(func=_guarded(_ssh))
+
+    c = cmds.add_parser("sync", help="rsync this workspace to an instance (what a remote run syncs)")
+    c.add_argument("instance", nargs="?")
+    c.add_argument("--stage", help="also sync this stage's deps from dvc.yaml")
+    c.set_defaults(func=_guarded(_sync))
+
+    c = cmds.add_parser("status", help="instances with uptime and cost so far")
+    c.set_defaults(func=_guarded(_status))
+
+    c = cmds.add_parser("terminate", help="terminate instances")
+    c.add_argument("instances", nargs="*")
+    c.add_argument("--all", action="store_true", help="every instance fractal launched")
+    c.set_defaults(func=_guarded(_terminate))
+
+    c = cmds.add_parser("watchdog", help="apply idle/age limits while launched instances live")
+    c.add_argument("--once", action="store_true", help="check once and exit")
+    c.add_argument("--interval", type=float, help="seconds between checks (default: lambda.watchdog_seconds)")
+    c.set_defaults(func=_guarded(_watchdog))
+
+    c = cmds.add_parser("double", help="run a local stand-in for Lambda (API + loopback sshd) until Ctrl-C")
+    c.add_argument("--boot-seconds", type=float, default=5.0)
+    c.add_argument("--dir", help="where to keep the double's sshd config and keys (default: a temp dir)")
+    c.set_defaults(func=_guarded(_double))
+
+
+
+def _guarded(handler: Any) -> Any:
+    """Every failure becomes one line that says what to do, not a traceback."""
+    def run(args: argparse.Namespace) -> int:
+        from fractal.remote.api import LambdaAPIError
+        from fractal.remote.config import ConfigError
+        from fractal.remote.executor import configure_logging
+        from fractal.remote.ssh import RemoteError
+
+        configure_logging()
+        try:
+            return handler(args)
+        except (LambdaAPIError, ConfigError, RemoteError) as e:
+            print(f"fractal lambda {args.lambda_command}: {e}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            return 130
+    return run
+
+
+class _Context:
+    """Config, client and registry, made on first use (no API call for `--help`)."""
+
+    def __init__(self) -> None:
+        from fractal.remote.config import load_config
+        from fractal.remote.instances import Registry, client_for
+
+        self.cfg = load_config()
+        self.settings = self.cfg.lambda_
+        self.client = client_for(self.settings)
+        self.registry = Registry()
+
+    def reap(self) -> None:
+        from fractal.remote.instances import reap
+        for instance_id, reason in reap(self.client, self.registry):
+            print(f"terminated {instance_id}: {reason}", file=sys.stderr)
+
+    def instance(self, ref: str | None) -> Any:
+        from fractal.remote.instances import find_instance
+        from fractal.remote.ssh import RemoteError
+
+        if ref:
+            return find_instance(self.client, ref)
+        ours = self.registry.read()
+        live = [i for i in self.client.instances() if i.id in ours and not i.gone]
+        if len(live) == 1:
+            return live[0]
+        raise RemoteError(f"name the instance: fractal launched {len(live)} that are running "
+                          "(`fractal lambda status` lists them)")
+
+    def target(self, inst: Any) -> Any:
+        from fractal.remote.instances import local_ssh_key, target_for
+        from fractal.remote.ssh import RemoteError
+
+        if not inst.ready:
+            raise RemoteError(f"instance {inst.id} is {inst.status}; `fractal lambda wait {inst.id[:8]}` first")
+        key, _ = local_ssh_key(self.settings)
+        return target_for(inst, self.settings, key, self.client)
+
+
+def _types(args: argparse.Namespace) -> int:
+    ctx = _Context()
+    offers = sorted(ctx.client.instance_types().values(), key=lambda o: o.price_cents_per_hour)
+    print(f"{'type':<24} {'$/h':>7}  {'description':<28} regions with capacity")
+    for o in offers:
+        if args.available and not o.regions_with_capacity:
+            continue
+        regions = ", ".join(o.regions_with_capacity) or "(none: sold out)"
+        print(f"{o.name:<24} {o.price_cents_per_hour / 100:>7.2f}  {o.description:<28} {regions}")
+    return 0
+
+
+def _launch(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from fractal.remote.instances import ensure_ssh_key, launch, local_ssh_key, start_watchdog
+
+    ctx = _Context()
+    ctx.reap()
+    settings = dataclasses.replace(ctx.settings, instance_types=args.types or ctx.settings.instance_types,
+                                   regions=args.regions or ctx.settings.regions)
+    _, public_key = local_ssh_key(settings)
+    key_name = ensure_ssh_key(ctx.client, public_key)
+    launched = launch(ctx.client, settings, key_name, keep=True, registry=ctx.registry, lease=False)
+    if settings.watchdog:
+        start_watchdog()
+    print(launched.instance_id)
+    if settings.idle_minutes:
+        print(f"it is terminated after {settings.idle_minutes:g} min without a run (lambda.idle_minutes), or by "
+              f"`fractal lambda terminate {launched.instance_id[:8]}`", file=sys.stderr)
+    if args.no_wait:
+        return 0
+    args.instance = launched.instance_id
+    return _wait(args, ctx)
+
+
+def _wait(args: argparse.Namespace, ctx: _Context | None = None) -> int:
+    from fractal.remote.instances import wait_ready, wait_reachable
+
+    ctx = ctx or _Context()
+    inst = ctx.instance(args.instance)
+    timeout = ctx.settings.boot_timeout_minutes * 60
+    inst = wait_ready(ctx.client, inst.id, timeout, ctx.settings.poll_seconds)
+    target = ctx.target(inst)
+    wait_reachable(target, time.monotonic() + timeout)
+    print(f"{inst.id} is active at {inst.ip}; `fractal lambda ssh {inst.id[:8]}` to log in", file=sys.stderr)
+    return 0
+
+
+def _ssh_config(args: argparse.Namespace) -> int:
+    from fractal.remote.instances import lambda_home
+
+    ctx = _Context()
+    if args.instances:
+        instances = [ctx.instance(r) for r in args.instances]
+    else:
+        ours = ctx.registry.read()
+        instances = [i for i in ctx.client.instances() if i.id in ours and i.ready]
+    blocks = [ctx.target(i).ssh_config.read_text() for i in instances]
+    text = "\n".join(blocks)
+    if args.write:
+        path = lambda_home() / "ssh_config"
+        path.write_text(text)
+        print(f"wrote {path}; add this line at the top of ~/.ssh/config:\n  Include {path}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _ssh(args: argparse.Namespace) -> int:
+    ctx = _Context()
+    target = ctx.target(ctx.instance(args.instance))
+    command = [c for c in args.command if c != "--"]
+    argv = ["ssh", *target.ssh_args(), "-o", "BatchMode=no", target.destination(), *command]
+    sys.stdout.flush()
+    os.execvp("ssh", argv)
+    return 0  # not reached: exec replaces this process
+
+
+def _sync(args: argparse.Namespace) -> int:
+    from fractal.remote.dvcfile import StageSpec, load_stage
+    from fractal.remote.executor import RemoteRun
+
+    ctx = _Context()
+    target = ctx.target(ctx.instance(args.instance))
+    spec = load_stage(args.stage) if args.stage else StageSpec(name="", deps=[], outs=[])
+    run = RemoteRun(target, ctx.cfg.remote, spec, args.stage or "sync", [])
+    run.conn = target.connect()
+    try:
+        run.prepare()
+        run.push()
+    finally:
+        run.conn.close()
+    print(run.work)
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from fractal.remote.executor import _duration
+
+    ctx = _Context()
+    ctx.reap()
+    ours = ctx.registry.read()
+    instances = [i for i in ctx.client.instances() if not i.gone]
+    if not instances:
+        print("no instances running: nothing is billing")
+        return 0
+    now = time.time()
+    print(f"{'id':<10} {'name':<24} {'type':<20} {'region':<14} {'status':<9} {'ip':<15} {'uptime':>9} "
+          f"{'cost':>8}  note")
+    per_hour = 0.0
+    for i in instances:
+        entry = ours.get(i.id)
+        per_hour += i.price_cents_per_hour / 100
+        if entry:
+            up = now - entry["launched_at"]
+            uptime, cost = _duration(up), f"${i.price_cents_per_hour / 100 * up / 3600:.2f}"
+            note = "kept" if entry.get("keep") else "launched by a run"
+            if entry.get("lease"):
+                note += f", in use by pid {entry['lease']['pid']}"
+            elif entry.get("idle_minutes"):
+                left = entry["idle_minutes"] - (now - entry["last_used"]) / 60
+                note += f", idle; terminated in {max(left, 0):.0f} min"
+        else:
+            uptime, cost, note = "?", "?", "not launched by fractal (no limits apply)"
+        print(f"{i.id[:8]:<10} {i.name[:24]:<24} {i.type_name:<20} {i.region:<14} {i.status:<9} {i.ip or '-':<15} "
+              f"{uptime:>9} {cost:>8}  {note}")
+    print(f"warning: {len(instances)} instance(s) billing, ${per_hour:.2f}/h together; "
+          "`fractal lambda terminate ID` (or --all for fractal's) stops them", file=sys.stderr)
+    return 0
+
+
+def _terminate(args: argparse.Namespace) -> int:
+    from fractal.remote.instances import terminate
+    from fractal.remote.ssh import RemoteError
+
+    ctx = _Context()
+    if args.all == bool(args.instances):
+        raise RemoteError("name instances to terminate, or --all for every instance fractal launched")
+    if args.all:
+        ids = list(ctx.registry.read())
+    else:
+        ids = [ctx.instance(r).id for r in args.instances]
+    terminate(ctx.client, ids, ctx.registry, "asked by `fractal lambda terminate`")
+    for instance_id in ids:
+        print(f"terminated {instance_id}")
+    return 0
+
+
+def _watchdog(args: argparse.Namespace) -> int:
+    from fractal.remote.instances import watch
+    return watch(once=args.once, sleep=args.interval)
+
+
+def _double(args: argparse.Namespace) -> int:
+    import secrets
+    import tempfile
+    from pathlib import Path
+
+    from fractal.remote.double import LambdaDouble, LoopbackSSHD, make_keypair
+
+    workdir = Path(args.dir or tempfile.mkdtemp(prefix="fractal-double-"))
+    key, public_key = make_keypair(workdir, "client_ed25519")
+    api_key = "double-" + secrets.token_hex(8)
+    with LoopbackSSHD(workdir / "sshd", [public_key]) as sshd, \
+            LambdaDouble({api_key}, boot_seconds=args.boot_seconds) as double:
+        print("\n".join([
+            "A local stand-in for Lambda is running (Ctrl-C stops it). In another shell:",
+            f"  export FRACTAL_LAMBDA_API_URL={double.url}",
+            f"  export LAMBDA_API_KEY={api_key}   # the double's own key, not a Lambda one",
+            f"  export FRACTAL_HOME={workdir / 'home'}",
+            "and in .fractal/executor.yaml:",
+            f"  lambda: {{ssh_user: {sshd.user}, ssh_port: {sshd.port}, ssh_key: {key}, poll_seconds: 1}}",
+            "  remote: {root: " + str(workdir / "remote") + ", python: " + sys.executable + ", setup: ''}",
+        ]), flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            left = double.running()
+            print(f"\nstopping the double ({len(left)} instance(s) were still running in it)")
+    return 0
+

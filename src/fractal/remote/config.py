@@ -1,0 +1,205 @@
+"""Where stages run: .fractal/executor.yaml and the FRACTAL_* environment, never params.yaml.
+
+Moving a stage to a GPU must not change its DVC hash, so the choice lives outside the tracked
+params: the environment variable FRACTAL_EXECUTOR (local | ssh | lambda, for every stage) or
+the untracked file .fractal/executor.yaml, looked up from the working directory upwards so a
+queued experiment (run by DVC in .dvc/tmp/exps/...) sees its repository's file. A key the file
+does not know fails with an error naming the file and the closest known key.
+
+    executor: local                 # stages not listed below
+    stages:
+      generate: lambda
+      train: {executor: lambda, instance_types: [gpu_1x_h100_pcie]}   # lambda keys per stage
+    ssh: {host: gpu-box, user: me}  # any host you can `ssh` to
+    lambda:
+      instance_types: [gpu_1x_a100_sxm4, gpu_1x_h100_pcie]   # preference order
+      regions: [us-west-1, us-east-1]                        # preference order; [] = any
+      keep_instance: false
+    remote: {env: [HF_TOKEN]}
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+EXECUTORS = ("local", "ssh", "lambda")
+CONFIG_NAME = Path(".fractal") / "executor.yaml"
+EXECUTOR_ENV = "FRACTAL_EXECUTOR"
+CONFIG_ENV = "FRACTAL_EXECUTOR_CONFIG"
+HOME_ENV = "FRACTAL_HOME"
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclasses.dataclass
+class SSHSettings:
+    host: str = ""  # a host name or an alias from ~/.ssh/config
+    user: str = ""  # empty: ssh's default (or the alias's User)
+    port: int = 0  # 0: ssh's default (or the alias's Port)
+    identity_file: str = ""
+    known_hosts: str = ""  # check the host key against this file (empty: ~/.ssh/known_hosts)
+
+
+@dataclasses.dataclass
+class LambdaSettings:
+    instance_types: list[str] = dataclasses.field(
+        default_factory=lambda: ["gpu_1x_a100_sxm4", "gpu_1x_a100", "gpu_1x_h100_pcie", "gpu_1x_a10"])
+    regions: list[str] = dataclasses.field(default_factory=list)  # empty: any region with capacity
+    instance: str = ""  # run on this instance (id or name); a run never terminates it
+    keep_instance: bool = False  # leave what a run launched running (the idle limit still applies)
+    idle_minutes: float = 30.0  # terminate a launched instance nothing has used for this long (0: never)
+    max_age_hours: float = 24.0  # terminate a launched instance this old, busy or not (0: never)
+    ssh_key: str = ""  # private key; its .pub is registered with Lambda when missing (empty: ~/.ssh/id_ed25519 or id_rsa)
+    ssh_user: str = "ubuntu"
+    ssh_port: int = 22
+    api_url: str = ""  # empty: $FRACTAL_LAMBDA_API_URL, else Lambda's own
+    retry_seconds: float = 10.0  # first wait after HTTP 429 (then x1.6 up to 100 s, 6 tries in all)
+    boot_timeout_minutes: float = 30.0  # terminate and give up if not active and reachable by then
+    poll_seconds: float = 5.0  # between status checks while booting (the API allows ~1 call/s)
+    watchdog: bool = True  # a background process that applies the idle/age limits while instances live
+    watchdog_seconds: float = 60.0  # how often it checks
+    name_prefix: str = "fractal"  # instances are named <prefix>-<user>-<random>
+
+
+@dataclasses.dataclass
+class RemoteSettings:
+    root: str = "~/fractal"  # on the remote host: envs/, work/<workspace>/, runs/
+    python: str = "python3"  # the interpreter the remote environment (a venv) is made from
+    setup: str = "pip install ."  # run once per environment, inside the venv, in the synced workspace
+    env: list[str] = dataclasses.field(default_factory=list)  # local variables passed to remote stages
+    reconnect_minutes: float = 10.0  # keep trying to reattach to a running stage for this long
+    compress: bool = True  # rsync -z (worth it over the internet, not on a LAN)
+
+
+@dataclasses.dataclass
+class ExecutorConfig:
+    executor: str = "local"
+    stages: dict[str, Any] = dataclasses.field(default_factory=dict)
+    ssh: SSHSettings = dataclasses.field(default_factory=SSHSettings)
+    lambda_: LambdaSettings = dataclasses.field(default_factory=LambdaSettings)
+    remote: RemoteSettings = dataclasses.field(default_factory=RemoteSettings)
+    source: Path | None = None  # the file it came from
+
+    def executor_for(self, stage: str) -> str:
+        """FRACTAL_EXECUTOR wins over the file, so `FRACTAL_EXECUTOR=local dvc repro` always runs here."""
+        env = os.environ.get(EXECUTOR_ENV, "").strip()
+        if env:
+            if env not in EXECUTORS:
+                raise ConfigError(f"{EXECUTOR_ENV}={env!r}: expected one of {', '.join(EXECUTORS)}")
+            return env
+        entry = self.stages.get(stage)
+        if isinstance(entry, dict):
+            return entry.get("executor", self.executor)
+        return entry or self.executor
+
+    def lambda_for(self, stage: str) -> LambdaSettings:
+        entry = self.stages.get(stage)
+        if not isinstance(entry, dict):
+            return self.lambda_
+        overrides = {k: v for k, v in entry.items() if k != "executor"}
+        return dataclasses.replace(self.lambda_, **overrides)
+
+
+def fractal_home() -> Path:
+    """Per-user state: the instances fractal launched, pinned host keys, generated ssh config."""
+    return Path(os.environ.get(HOME_ENV) or Path.home() / ".fractal").expanduser()
+
+
+def find_config(start: Path | None = None) -> Path | None:
+    explicit = os.environ.get(CONFIG_ENV)
+    if explicit:
+        path = Path(explicit).expanduser()
+        if not path.exists():
+            raise ConfigError(f"{CONFIG_ENV}={explicit}: no such file")
+        return path
+    here = (start or Path.cwd()).resolve()
+    for d in (here, *here.parents):
+        if (d / CONFIG_NAME).is_file():
+            return d / CONFIG_NAME
+    return None
+
+
+def load_config(path: Path | None = None, start: Path | None = None) -> ExecutorConfig:
+    path = path or find_config(start)
+    if path is None:
+        return ExecutorConfig()
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({e})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    sections = {"ssh": SSHSettings, "lambda": LambdaSettings, "remote": RemoteSettings}
+    _check_keys(data, ["executor", "stages", *sections], path, "")
+    cfg = ExecutorConfig(source=path)
+    cfg.executor = _executor(data.get("executor", "local"), path, "executor")
+    for name, cls in sections.items():
+        section = data.get(name) or {}
+        if not isinstance(section, dict):
+            raise ConfigError(f"{path}: `{name}` should be a mapping of settings")
+        _check_keys(section, [f.name for f in dataclasses.fields(cls)], path, f"{name}.")
+        values = {k: _typed(v, _hint(cls, k), path, f"{name}.{k}") for k, v in section.items()}
+        setattr(cfg, "lambda_" if name == "lambda" else name, cls(**values))
+    stages = data.get("stages") or {}
+    if not isinstance(stages, dict):
+        raise ConfigError(f"{path}: `stages` should map stage names to an executor")
+    for stage, entry in stages.items():
+        where = f"stages.{stage}"
+        if isinstance(entry, dict):
+            known = ["executor", *(f.name for f in dataclasses.fields(LambdaSettings))]
+            _check_keys(entry, known, path, f"{where}.")
+            entry = {k: (_executor(v, path, f"{where}.executor") if k == "executor"
+                         else _typed(v, _hint(LambdaSettings, k), path, f"{where}.{k}")) for k, v in entry.items()}
+        else:
+            entry = _executor(entry, path, where)
+        cfg.stages[stage] = entry
+    return cfg
+
+
+def _executor(value: Any, path: Path, where: str) -> str:
+    if value not in EXECUTORS:
+        raise ConfigError(f"{path}: {where}: {value!r} is not an executor (one of {', '.join(EXECUTORS)})")
+    return value
+
+
+def _check_keys(data: dict[str, Any], known: list[str], path: Path, prefix: str) -> None:
+    for key in data:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = f" (did you mean `{prefix}{close[0]}`?)" if close else f" (known: {', '.join(known)})"
+            raise ConfigError(f"{path}: unknown key `{prefix}{key}`{hint}")
+
+
+def _hint(cls: type, name: str) -> Any:
+    return typing.get_type_hints(cls)[name]
+
+
+def _typed(value: Any, hint: Any, path: Path, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    if origin is list:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{path}: {where} should be a list of strings, got {value!r}")
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path}: {where} should be true or false, got {value!r}")
+        return value
+    if hint in (int, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{path}: {where} should be a number, got {value!r}")
+        return hint(value)
+    if hint is str:
+        if not isinstance(value, (str, int)):
+            raise ConfigError(f"{path}: {where} should be a string, got {value!r}")
+        return str(value)
+    return value

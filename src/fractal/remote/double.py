@@ -1,0 +1,416 @@
+"""A local stand-in for Lambda Cloud: the REST API (per shared/docs/lambda-cloud-api.md) and
+"instances" that are a real sshd on loopback.
+
+Tests, the benchmark and `fractal lambda double` (a dry run of a pipeline's remote stages
+without spending money) use it. The API part keeps the documented envelopes, statuses
+(booting -> active, terminating -> terminated), error codes and HTTP statuses, and answers
+429 when asked to (inject) or when launches come faster than the documented rate.
+"""
+from __future__ import annotations
+
+import base64
+import dataclasses
+import http.server
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+DEFAULT_TYPES = {
+    "gpu_1x_a10": ("1x A10 (24 GB PCIe)", 75, ["us-west-1", "us-east-1"]),
+    "gpu_1x_a100_sxm4": ("1x A100 (40 GB SXM4)", 129, ["us-west-1", "us-east-1"]),
+    "gpu_1x_h100_pcie": ("1x H100 (80 GB PCIe)", 249, ["us-west-1"]),
+    "gpu_8x_h100_sxm5": ("8x H100 (80 GB SXM5)", 2392, []),
+}
+REGIONS = {"us-west-1": "California, USA", "us-east-1": "Virginia, USA", "europe-central-1": "Germany"}
+
+
+@dataclasses.dataclass
+class _Fault:
+    method: str
+    path_prefix: str
+    status: int
+    code: str | None
+    times: int
+
+
+@dataclasses.dataclass
+class _Instance:
+    id: str
+    name: str
+    type_name: str
+    region: str
+    ssh_key_names: list[str]
+    tags: list[dict[str, str]]
+    launched: float
+    terminated_at: float | None = None
+
+
+class LambdaDouble:
+    """The Lambda Cloud API on http://127.0.0.1:<port>/api/v1, in a thread of this process."""
+
+    def __init__(self, api_keys: set[str], ssh_host: str = "127.0.0.1", *, boot_seconds: float = 0.5,
+                 terminate_seconds: float = 0.3, launch_interval: float = 0.0):
+        self.api_keys = set(api_keys)
+        self.ssh_host = ssh_host
+        self.boot_seconds = boot_seconds
+        self.terminate_seconds = terminate_seconds
+        self.launch_interval = launch_interval  # the real API: about 12 s between launches
+        self.types = {name: {"description": d, "price": p} for name, (d, p, _) in DEFAULT_TYPES.items()}
+        self.capacity: dict[str, list[str]] = {name: list(r) for name, (_, _, r) in DEFAULT_TYPES.items()}
+        self.ssh_keys: dict[str, dict[str, str]] = {}
+        self.instances: dict[str, _Instance] = {}
+        self.requests: list[tuple[str, str, int]] = []  # (method, path, status) of every call
+        self._faults: list[_Fault] = []
+        self._last_launch = 0.0
+        self._lock = threading.Lock()
+        self._server: http.server.ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- test controls -------------------------------------------------------------------
+
+    def inject(self, method: str, path_prefix: str, status: int, code: str | None = None, times: int = 1) -> None:
+        """The next `times` calls matching method and path answer `status` (with `code` in the
+        error envelope; 429 answers have no documented body, so none is sent)."""
+        self._faults.append(_Fault(method, path_prefix, status, code, times))
+
+    def running(self) -> list[str]:
+        """Ids of instances that bill: anything launched and not yet terminating."""
+        with self._lock:
+            return [i.id for i in self.instances.values() if i.terminated_at is None]
+
+    def status_of(self, inst: _Instance) -> str:
+        now = time.monotonic()
+        if inst.terminated_at is not None:
+            return "terminated" if now - inst.terminated_at >= self.terminate_seconds else "terminating"
+        return "active" if now - inst.launched >= self.boot_seconds else "booting"
+
+    # -- server --------------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        assert self._server is not None, "start() the double first"
+        return f"http://127.0.0.1:{self._server.server_address[1]}/api/v1"
+
+    def start(self) -> LambdaDouble:
+        double = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:  # the request line is the tests' business
+                pass
+
+            def _handle(self, method: str) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                status, doc = double._dispatch(method, self.path, self.headers.get("Authorization", ""), body)
+                payload = b"" if doc is None else json.dumps(doc).encode()
+                self.send_response(status)
+                if doc is not None:
+                    self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def do_GET(self) -> None:
+                self._handle("GET")
+
+            def do_POST(self) -> None:
+                self._handle("POST")
+
+            def do_DELETE(self) -> None:
+                self._handle("DELETE")
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, name="lambda-double", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def __enter__(self) -> LambdaDouble:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    # -- the API -------------------------------------------------------------------------
+
+    def _dispatch(self, method: str, path: str, auth: str, raw: bytes) -> tuple[int, Any]:
+        path = path.split("?", 1)[0]
+        status, doc = self._answer(method, path, auth, raw)
+        with self._lock:
+            self.requests.append((method, path, status))
+        return status, doc
+
+    def _answer(self, method: str, path: str, auth: str, raw: bytes) -> tuple[int, Any]:
+        if not path.startswith("/api/v1/"):
+            return _error(404, "global/object-does-not-exist", f"no route {path}")
+        route = path[len("/api/v1"):]
+        if not self._authorized(auth):
+            return _error(401, "global/invalid-api-key", "API key was invalid, expired, or deleted.",
+                          "Check your API key or create a new one, then try again.")
+        for f in self._faults:
+            if f.times > 0 and f.method == method and route.startswith(f.path_prefix):
+                f.times -= 1
+                if f.status == 429:
+                    return 429, None
+                return _error(f.status, f.code or "provider/internal-unavailable", "injected fault")
+        try:
+            body = json.loads(raw) if raw else {}
+        except ValueError:
+            return _error(400, "global/invalid-parameters", "request body is not JSON")
+        with self._lock:
+            return self._route(method, route, body)
+
+    def _authorized(self, auth: str) -> bool:
+        scheme, _, value = auth.partition(" ")
+        if scheme == "Bearer":
+            return value in self.api_keys
+        if scheme == "Basic":
+            try:
+                user, _, _ = base64.b64decode(value).decode().partition(":")
+            except ValueError:
+                return False
+            return user in self.api_keys
+        return False
+
+    def _route(self, method: str, route: str, body: dict[str, Any]) -> tuple[int, Any]:
+        if method == "GET" and route == "/instance-types":
+            return _ok({name: {"instance_type": self._type(name),
+                               "regions_with_capacity_available": [_region(r) for r in self.capacity.get(name, [])]}
+                        for name in self.types})
+        if method == "GET" and route == "/regions":
+            return _ok([_region(r) for r in REGIONS])
+        if method == "GET" and route == "/instances":
+            return _ok([self._instance(i) for i in self.instances.values() if self.status_of(i) != "terminated"])
+        if method == "GET" and route.startswith("/instances/"):
+            inst = self.instances.get(route.rsplit("/", 1)[1])
+            if inst is None:
+                return _error(404, "global/object-does-not-exist", "Instance does not exist.")
+            return _ok(self._instance(inst))
+        if method == "POST" and route == "/instance-operations/launch":
+            return self._launch(body)
+        if method == "POST" and route == "/instance-operations/terminate":
+            return self._terminate(body)
+        if method == "GET" and route == "/ssh-keys":
+            return _ok(list(self.ssh_keys.values()))
+        if method == "POST" and route == "/ssh-keys":
+            name, public_key = body.get("name"), body.get("public_key")
+            if not isinstance(name, str) or not name or len(name) > 64:
+                return _error(400, "global/invalid-parameters", "name is required (at most 64 characters)")
+            if any(k["name"] == name for k in self.ssh_keys.values()):
+                return _error(400, "global/invalid-parameters", f"an SSH key named {name} already exists")
+            if not public_key:
+                return _error(400, "global/invalid-parameters", "the double does not generate key pairs")
+            key = {"id": secrets.token_hex(16), "name": name, "public_key": public_key}
+            self.ssh_keys[key["id"]] = key
+            return _ok(key)
+        if method == "DELETE" and route.startswith("/ssh-keys/"):
+            if self.ssh_keys.pop(route.rsplit("/", 1)[1], None) is None:
+                return _error(404, "global/object-does-not-exist", "SSH key does not exist.")
+            return _ok({})
+        return _error(404, "global/object-does-not-exist", f"no route {method} {route}")
+
+    def _launch(self, body: dict[str, Any]) -> tuple[int, Any]:
+        now = time.monotonic()
+        if self.launch_interval and now - self._last_launch < self.launch_interval:
+            return 429, None
+        type_name, region = body.get("instance_type_name"), body.get("region_name")
+        key_names = body.get("ssh_key_names")
+        if body.get("quantity", 1) != 1:
+            return _error(400, "global/invalid-parameters", "quantity must be 1")
+        if not isinstance(key_names, list) or len(key_names) != 1:
+            return _error(400, "global/invalid-parameters", "ssh_key_names must name exactly one key")
+        if len(body.get("name") or "") > 64:
+            return _error(400, "global/invalid-parameters", "name is longer than 64 characters")
+        if type_name not in self.types:
+            return _error(400, "global/object-does-not-exist", f"Instance type {type_name} does not exist.")
+        if region not in REGIONS:
+            return _error(400, "global/object-does-not-exist", f"Region {region} does not exist.")
+        if not any(k["name"] == key_names[0] for k in self.ssh_keys.values()):
+            return _error(400, "global/object-does-not-exist", f"SSH key {key_names[0]} does not exist.")
+        if region not in self.capacity.get(type_name, []):
+            return _error(400, "instance-operations/launch/insufficient-capacity",
+                          "Not enough capacity to fulfill launch request.",
+                          "Choose an instance type with more availability, or try again later.")
+        self._last_launch = now
+        inst = _Instance(id=secrets.token_hex(16), name=body.get("name") or "", type_name=type_name,
+                         region=region, ssh_key_names=list(key_names), tags=list(body.get("tags") or []),
+                         launched=now)
+        self.instances[inst.id] = inst
+        return _ok({"instance_ids": [inst.id]})
+
+    def _terminate(self, body: dict[str, Any]) -> tuple[int, Any]:
+        ids = body.get("instance_ids")
+        if not isinstance(ids, list) or not ids:
+            return _error(400, "global/invalid-parameters", "instance_ids must be a non-empty list")
+        missing = [i for i in ids if i not in self.instances or self.status_of(self.instances[i]) == "terminated"]
+        if missing:
+            return _error(404, "global/object-does-not-exist", f"Instance {missing[0]} does not exist.")
+        now = time.monotonic()
+        for i in ids:
+            if self.instances[i].terminated_at is None:
+                self.instances[i].terminated_at = now
+        return _ok({"terminated_instances": [self._instance(self.instances[i]) for i in ids]})
+
+    def _type(self, name: str) -> dict[str, Any]:
+        t = self.types[name]
+        gpus = int(name.split("_")[1].rstrip("x"))
+        return {"name": name, "description": t["description"], "gpu_description": t["description"].split(" ", 1)[1],
+                "price_cents_per_hour": t["price"],
+                "specs": {"vcpus": 30 * gpus, "memory_gib": 200 * gpus, "storage_gib": 512 * gpus, "gpus": gpus}}
+
+    def _instance(self, inst: _Instance) -> dict[str, Any]:
+        status = self.status_of(inst)
+        d: dict[str, Any] = {
+            "id": inst.id, "name": inst.name, "status": status, "hostname": f"{inst.id[:8]}.cloud.lambda.local",
+            "region": _region(inst.region), "instance_type": self._type(inst.type_name),
+            "ssh_key_names": inst.ssh_key_names, "file_system_names": [], "tags": inst.tags,
+            "jupyter_url": None, "jupyter_token": None,
+            "actions": {"terminate": {"available": status in ("active", "booting", "unhealthy")},
+                        "restart": {"available": status == "active"}},
+        }
+        if status != "booting":  # the API leaves ip out while an instance boots
+            d["ip"] = self.ssh_host
+            d["private_ip"] = "10.0.0.2"
+        return d
+
+
+def _ok(data: Any) -> tuple[int, Any]:
+    return 200, {"data": data}
+
+
+def _error(status: int, code: str, message: str, suggestion: str = "") -> tuple[int, Any]:
+    err = {"code": code, "message": message}
+    if suggestion:
+        err["suggestion"] = suggestion
+    return status, {"error": err}
+
+
+def _region(name: str) -> dict[str, str]:
+    return {"name": name, "description": REGIONS.get(name, name)}
+
+
+class LoopbackSSHD:
+    """A real OpenSSH server on 127.0.0.1:<free port>, run as a child of this process with its
+    own config, host key and authorized_keys in `workdir` (nothing system-wide is touched
+    except that sshd insists on its privilege-separation directory, /run/sshd)."""
+
+    def __init__(self, workdir: str | os.PathLike, authorized_keys: list[str]):
+        self.workdir = Path(workdir)
+        self.authorized_keys = authorized_keys
+        self.port = 0
+        self.user = _current_user()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.host_key_pub = ""
+
+    def start(self, timeout: float = 10.0) -> LoopbackSSHD:
+        sshd = shutil.which("sshd") or "/usr/sbin/sshd"
+        if not Path(sshd).exists():
+            raise RuntimeError("sshd not found: install Debian's openssh-server (apt-get install openssh-server rsync)")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        host_key = self.workdir / "ssh_host_ed25519_key"
+        if not host_key.exists():
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(host_key)], check=True)
+        self.host_key_pub = (self.workdir / "ssh_host_ed25519_key.pub").read_text().strip()
+        (self.workdir / "authorized_keys").write_text("\n".join(self.authorized_keys) + "\n")
+        self.port = _free_port()
+        config = self.workdir / "sshd_config"
+        config.write_text("\n".join([
+            f"Port {self.port}", "ListenAddress 127.0.0.1", f"HostKey {host_key}",
+            f"PidFile {self.workdir / 'sshd.pid'}", f"AuthorizedKeysFile {self.workdir / 'authorized_keys'}",
+            "PermitRootLogin prohibit-password", "PasswordAuthentication no", "KbdInteractiveAuthentication no",
+            "UsePAM no", "StrictModes no", "PrintMotd no", "MaxStartups 100", "MaxSessions 50",
+            "Subsystem sftp internal-sftp", "LogLevel ERROR", "",
+        ]))
+        if os.geteuid() == 0:
+            Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+        self.proc = subprocess.Popen([sshd, "-D", "-e", "-f", str(config)], stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL, stderr=open(self.workdir / "sshd.log", "ab"))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"sshd exited ({self.proc.returncode}): {(self.workdir / 'sshd.log').read_text()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                    if s.recv(4).startswith(b"SSH-"):
+                        return self
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"sshd did not answer on 127.0.0.1:{self.port} within {timeout} s")
+
+    def drop_connections(self) -> int:
+        """Kills the per-connection sshd children (as a network drop would end them); the
+        listener stays up. Returns how many it killed."""
+        assert self.proc is not None
+        killed = 0
+        for pid in _children(self.proc.pid):
+            try:
+                os.kill(pid, 9)
+                killed += 1
+            except ProcessLookupError:
+                pass
+        return killed
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def __enter__(self) -> LoopbackSSHD:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            out += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return out
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _current_user() -> str:
+    import getpass
+    return getpass.getuser()
+
+
+def make_keypair(directory: str | os.PathLike, name: str = "id_ed25519") -> tuple[Path, str]:
+    """An unencrypted ed25519 key pair in `directory`: (private key path, public key line)."""
+    path = Path(directory) / name
+    if not path.exists():
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "fractal-double", "-f", str(path)],
+                       check=True)
+    return path, path.with_suffix(".pub").read_text().strip()
+
+
+def scratch_dir(prefix: str = "fractal-double-") -> Path:
+    return Path(tempfile.mkdtemp(prefix=prefix))
