@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import random
 import shutil
 import subprocess
 import sys
@@ -102,7 +101,8 @@ def bwrap_prefix(params: LabelParams, root: bool) -> list[str]:
     argv += ["--ro-bind", "/", "/"]
     hidden = hidden_paths(params)
     for p in hidden:
-        argv += ["--tmpfs", p] if os.path.isdir(p) else ["--ro-bind", "/dev/null", p]
+        # Read-only and tiny: a hiding place must not become a place to write.
+        argv += ["--perms", "0555", "--size", "1048576", "--tmpfs", p] if os.path.isdir(p) else ["--ro-bind", "/dev/null", p]
     for d in _python_dirs():
         if any(d == h or d.startswith(h.rstrip("/") + "/") for h in hidden):
             argv += ["--ro-bind", d, d]

@@ -1,7 +1,9 @@
 """label_candidates: every generation executed (once per distinct program) and judged."""
 from __future__ import annotations
 
+import importlib.util
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -90,23 +92,56 @@ def _execute(todo: list[tuple[str, Generation]], by_id: dict[str, Problem], para
     verdicts: dict[tuple, tuple[str, str]] = {}  # same outputs of the same problem: same verdict
     passed = 0
     start = time.monotonic()
-    with WorkerPool(params, min(n_workers, len(tasks)), Path(params.cache_dir) / "logs") as pool, \
-            tqdm(total=len(tasks), desc="label", unit="program", smoothing=0.05) as bar:
-        for task, header, payload in pool.run(tasks):
-            plan = plans[task["problem_id"]]
-            memo = (task["problem_id"], header.get("end"), header.get("code"), payload)
-            verdict = verdicts.get(memo)
-            if verdict is None:
-                verdict = judge(plan, header, payload, task["time_limit"])
-                verdicts[memo] = verdict
-            status, detail = verdict
-            duration = float(header.get("duration", 0.0))
-            out[task["key"]] = (status, detail, duration)
-            cache.put(task["key"], status, detail, duration)
-            passed += status == "passed"
-            bar.update(1)
-            bar.set_postfix(passed=passed, refresh=False)
+    with tqdm(total=len(tasks), desc="label", unit="program", smoothing=0.05) as bar:
+        for preload, batch in _passes(tasks, params):
+            with WorkerPool(params, min(n_workers, len(batch)), Path(params.cache_dir) / "logs", preload) as pool:
+                for task, header, payload in pool.run(batch):
+                    plan = plans[task["problem_id"]]
+                    memo = (task["problem_id"], header.get("end"), header.get("code"), payload)
+                    verdict = verdicts.get(memo)
+                    if verdict is None:
+                        verdict = judge(plan, header, payload, task["time_limit"])
+                        verdicts[memo] = verdict
+                    status, detail = verdict
+                    duration = float(header.get("duration", 0.0))
+                    out[task["key"]] = (status, detail, duration)
+                    cache.put(task["key"], status, detail, duration)
+                    passed += status == "passed"
+                    bar.update(1)
+                    bar.set_postfix(passed=passed, refresh=False)
     elapsed = time.monotonic() - start
     print(f"label: ran {len(tasks)} programs in {elapsed:.1f}s ({len(tasks) / max(elapsed, 1e-9):.0f}/s) "
           f"on {n_workers} sandboxed workers", file=sys.stderr)
     return out
+
+
+_IMPORT = re.compile(r"^[ \t]*(?:import|from)[ \t]+([A-Za-z_][\w.]*)", re.M)
+
+
+def _imports(program: str) -> set[str]:
+    names = set()
+    for dotted in _IMPORT.findall(program):
+        parts = dotted.split(".")
+        names.update(".".join(parts[: i + 1]) for i in range(len(parts)))
+    return names
+
+
+def _passes(tasks: list[dict], params: LabelParams) -> list[tuple[list[str], list[dict]]]:
+    """Light candidates first, from workers with the small preload; then those importing
+    a heavy module, from workers that preloaded the heavy modules they import."""
+    heavy_tops = {m.split(".")[0] for m in params.preload_heavy}
+    light, heavy, wanted = [], [], set()
+    for task in tasks:
+        names = _imports(task["program"]) & heavy_tops
+        if names:
+            heavy.append(task)
+            wanted |= {m for m in params.preload_heavy if m.split(".")[0] in names}
+        else:
+            light.append(task)
+    passes = []
+    if light:
+        passes.append((list(params.preload), light))
+    if heavy:
+        heavy_preload = [m for m in params.preload_heavy if m in wanted and importlib.util.find_spec(m.split(".")[0])]
+        passes.append((list(params.preload) + heavy_preload, heavy))
+    return passes

@@ -32,12 +32,12 @@ class WorkerStartError(RuntimeError):
 
 
 class _Worker:
-    def __init__(self, index: int, params: LabelParams, log_dir: Path):
+    def __init__(self, index: int, params: LabelParams, log_dir: Path, preload: list[str]):
         self.index = index
         self.sandbox: Sandbox = make_sandbox(params, index)
         config = {
             "scratch": self.sandbox.scratch,
-            "preload": list(params.preload),
+            "preload": preload,
             "uid": self.sandbox.uid,
             "decoder_source": Path(plain.__file__).read_text(encoding="utf-8"),
         }
@@ -130,10 +130,11 @@ class _Worker:
 
 
 class WorkerPool:
-    def __init__(self, params: LabelParams, n: int, log_dir: Path):
+    def __init__(self, params: LabelParams, n: int, log_dir: Path, preload: list[str]):
         self.params = params
         self.log_dir = log_dir
-        self.workers = [_Worker(i, params, log_dir) for i in range(n)]
+        self.preload = preload
+        self.workers = [_Worker(i, params, log_dir, preload) for i in range(n)]
         self.restarts = 0
 
     def __enter__(self) -> "WorkerPool":
@@ -192,7 +193,7 @@ class WorkerPool:
         self.restarts += 1
         if self.restarts > 20 + 2 * len(self.workers):
             raise RuntimeError(f"sandboxed workers keep dying ({why}); see the logs in {self.log_dir}")
-        fresh = _Worker(w.index, self.params, self.log_dir)
+        fresh = _Worker(w.index, self.params, self.log_dir, self.preload)
         self.workers[self.workers.index(w)] = fresh
         sel.register(fresh.fd, selectors.EVENT_READ, fresh)
         if inflight:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import builtins
+import gc
 import json
 import os
 import resource
@@ -29,6 +30,7 @@ import signal
 import struct
 import sys
 import time
+import types
 
 _HEADER = struct.Struct(">I")
 _MAX_SAFE_INT = 2**53
@@ -203,7 +205,19 @@ def _child(task: dict, res_w: int, out_w: int, devnull: int) -> None:
     except BaseException as e:  # MemoryError, RecursionError from a pathological program
         _frame({"x": _exc_name(e)})
         return
-    env = {"__name__": "__candidate__", "__builtins__": builtins, "__file__": "candidate.py"}
+    # The candidate gets its own copy of the builtins module (also under `import builtins`),
+    # so patching `len` or `isinstance` there does not break this harness, whose functions
+    # keep the real one. (A candidate that digs the real one out can only garble its own
+    # report, which is plain data judged outside.)
+    own_builtins = types.ModuleType("builtins")
+    own_builtins.__dict__.update(builtins.__dict__)
+    sys.modules["builtins"] = own_builtins
+    # A real module, so that pickle (multiprocessing) finds the candidate's functions.
+    module = types.ModuleType("__candidate__")
+    module.__file__ = "candidate.py"
+    module.__builtins__ = own_builtins
+    sys.modules["__candidate__"] = module
+    env = module.__dict__
     try:
         exec(code, env)
     except BaseException as e:
@@ -234,22 +248,21 @@ def _child(task: dict, res_w: int, out_w: int, devnull: int) -> None:
 # ---------------------------------------------------------------------------------------
 # The worker
 # ---------------------------------------------------------------------------------------
-def _set_dumpable(on: bool) -> None:
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(4, 1 if on else 0, 0, 0, 0)  # PR_SET_DUMPABLE
-    except Exception:
-        pass
+_libc = None
 
 
 def _prctl(option: int, arg: int) -> None:
+    global _libc
     import ctypes
 
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(option, arg, 0, 0, 0) != 0:
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    if _libc.prctl(option, arg, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), f"prctl({option}) failed")
+
+
+def _set_dumpable(on: bool) -> None:
+    _prctl(4, 1 if on else 0)  # PR_SET_DUMPABLE
 
 
 def _descendants_of(pid: int) -> list[int]:
@@ -431,8 +444,6 @@ def main() -> None:
     sys.path[:] = [p for p in sys.path if p and os.path.abspath(p) != os.path.abspath(config["scratch"])]
     # The decoder goes into sys.modules under a private name, so the child can import
     # it after the candidate's code ran without a path lookup.
-    import types
-
     decoder = types.ModuleType("fractal_plain_decode")
     exec(compile(config["decoder_source"], "fractal_plain_decode", "exec"), decoder.__dict__)
     sys.modules["fractal_plain_decode"] = decoder
@@ -441,6 +452,10 @@ def main() -> None:
             __import__(name)
         except Exception:
             pass
+    # Objects that exist now are never collected; the children's collections then do not
+    # touch (and copy) the pages they live in.
+    gc.collect()
+    gc.freeze()
     if config.get("uid") is not None:
         # Root only: run candidates as a user of their own, so RLIMIT_NPROC applies
         # (root is exempt from it) and nothing of root's is writable.
