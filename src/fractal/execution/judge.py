@@ -51,7 +51,7 @@ _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.]{0,79}")
 TEST_SEED = 0
 
 
-class TestPlanError(ValueError):
+class UnreplayableTests(ValueError):
     pass
 
 
@@ -100,7 +100,7 @@ def _run_tests(problem: Problem, ns: dict, candidate: Callable, tests_code: Any)
                 ns[problem.entry_point] = candidate
                 exec(tests_code, ns)
             else:
-                raise TestPlanError(f"{problem.problem_id}: unknown test_style {problem.test_style!r} (check or asserts)")
+                raise UnreplayableTests(f"{problem.problem_id}: unknown test_style {problem.test_style!r} (check or asserts)")
     finally:
         random.setstate(state)
 
@@ -111,27 +111,27 @@ def _record(problem: Problem, reference_code: Any, tests_code: Any) -> tuple[lis
     exec(reference_code, ns)
     fn = ns.get(problem.entry_point)
     if not callable(fn):
-        raise TestPlanError(f"{problem.problem_id}: the reference defines no function {problem.entry_point!r}")
+        raise UnreplayableTests(f"{problem.problem_id}: the reference defines no function {problem.entry_point!r}")
     calls: list[str] = []
 
     def recorder(*args, **kwargs):
         try:
             calls.append(_encode_call(args, kwargs))
         except (ValueError, RecursionError) as e:
-            raise TestPlanError(f"{problem.problem_id}: the tests pass an argument that is not plain data ({e})") from None
+            raise UnreplayableTests(f"{problem.problem_id}: the tests pass an argument that is not plain data ({e})") from None
         return fn(*args, **kwargs)
 
     passed = True
     try:
         _run_tests(problem, ns, recorder, tests_code)
-    except TestPlanError:
+    except UnreplayableTests:
         raise
     except Exception:
         passed = False
     seconds = time.perf_counter() - start
     for c in calls:
         if '{"o":' in c:
-            raise TestPlanError(f"{problem.problem_id}: the tests pass an argument that is not plain data")
+            raise UnreplayableTests(f"{problem.problem_id}: the tests pass an argument that is not plain data")
     return calls, passed, seconds
 
 
@@ -145,20 +145,21 @@ class _DropAssertMessages(ast.NodeTransformer):
 
 def compile_tests(problem: Problem) -> Any:
     tree = _DropAssertMessages().visit(ast.parse(problem.tests))
-    return compile(tree, f"<tests {problem.problem_id}>", "exec")
+    # optimize=0: asserts stay even when the labeler itself runs under `python -O`.
+    return compile(tree, f"<tests {problem.problem_id}>", "exec", optimize=0)
 
 
 def plan_tests(problem: Problem) -> TestPlan:
     """Records the calls the tests make, with the reference solution, and times them."""
     try:
-        reference_code = compile(problem.reference, f"<reference {problem.problem_id}>", "exec")
+        reference_code = compile(problem.reference, f"<reference {problem.problem_id}>", "exec", optimize=0)
         tests_code = compile_tests(problem)
     except SyntaxError as e:
-        raise TestPlanError(f"{problem.problem_id}: the reference or the tests do not compile ({e})") from None
+        raise UnreplayableTests(f"{problem.problem_id}: the reference or the tests do not compile ({e})") from None
     first, passed, seconds = _record(problem, reference_code, tests_code)
     second, _, seconds2 = _record(problem, reference_code, tests_code)
     if first != second:
-        raise TestPlanError(f"{problem.problem_id}: the tests call the function with different inputs on each run "
+        raise UnreplayableTests(f"{problem.problem_id}: the tests call the function with different inputs on each run "
                             "(not seeded by `random`), so they cannot be replayed")
     return TestPlan(problem, first, min(seconds, seconds2), passed, reference_code, tests_code)
 
@@ -206,6 +207,8 @@ def end_status(header: dict, limit: float) -> tuple[str, str]:
         return "crashed", f"signal {header.get('code')}"
     if end == "worker":
         return "crashed", header.get("detail", "worker died")
+    if end == "stopped":  # not reached: a run is stopped only once its results decide
+        return "error", "stopped early"
     return "error", f"exited with code {header.get('code')} before the tests finished"
 
 
@@ -216,17 +219,18 @@ def _stand_in(name: str) -> BaseException:
     cls = _exception_types.get(name)
     if cls is None:
         base = getattr(builtins, name, None)
-        bases = (base, CandidateRaised) if isinstance(base, type) and issubclass(base, Exception) else (CandidateRaised,)
+        bases = (CandidateRaised, base) if isinstance(base, type) and issubclass(base, Exception) else (CandidateRaised,)
         cls = type(name, bases, {})
         _exception_types[name] = cls
     return cls(f"raised by the candidate")
 
 
-def judge(plan: TestPlan, header: dict, payload: bytes, limit: float) -> tuple[str, str]:
-    """(status, detail) for one execution of a candidate."""
+def judge(plan: TestPlan, header: dict, payload: bytes, limit: float, partial: bool = False) -> tuple[str, str] | None:
+    """(status, detail) for one execution of a candidate. With partial (the candidate is
+    still running), None unless the results so far already decide the verdict."""
     frames, _ = parse_frames(payload)
     if not frames:
-        return end_status(header, limit)
+        return None if partial else end_status(header, limit)
     first = frames[0]
     if "syntax" in first:
         return "syntax_error", _name(first["syntax"])
@@ -254,7 +258,7 @@ def judge(plan: TestPlan, header: dict, payload: bytes, limit: float) -> tuple[s
         exec(plan.reference_code, ns)
         _run_tests(plan.problem, ns, candidate, plan.tests_code)
     except _Missing:
-        return end_status(header, limit)
+        return None if partial else end_status(header, limit)
     except _Diverged:
         return "error", "tests diverged from their recording"
     except CandidateRaised as e:

@@ -97,6 +97,10 @@ def _execute(todo: list[tuple[str, Generation]], by_id: dict[str, Problem], para
             with WorkerPool(params, min(n_workers, len(batch)), Path(params.cache_dir) / "logs", preload) as pool:
                 for task, header, payload in pool.run(batch):
                     plan = plans[task["problem_id"]]
+                    if header.get("progress"):
+                        if judge(plan, header, payload, task["time_limit"], partial=True) is not None:
+                            pool.stop(task)
+                        continue
                     memo = (task["problem_id"], header.get("end"), header.get("code"), payload)
                     verdict = verdicts.get(memo)
                     if verdict is None:

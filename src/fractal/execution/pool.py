@@ -148,7 +148,8 @@ class WorkerPool:
             w.kill()
 
     def run(self, tasks: Iterable[dict]) -> Iterator[tuple[dict, dict, bytes]]:
-        """Yields (task, header, payload) for every task, in completion order."""
+        """Yields (task, header, payload) for every task, in completion order; before that,
+        for slow tasks, progress items (header["progress"]) with the results so far."""
         pending = collections.deque(tasks)
         sel = selectors.DefaultSelector()
         for w in self.workers:
@@ -172,6 +173,10 @@ class WorkerPool:
                     for frame in frames:
                         header_text, _, payload = frame.partition(b"\n")
                         header = json.loads(header_text)
+                        if header.get("progress"):
+                            if w.inflight and w.inflight[0]["id"] == header["id"]:
+                                yield w.inflight[0], header, payload
+                            continue
                         task = w.inflight.popleft()
                         assert header["id"] == task["id"], "worker replies out of order"
                         w.head_since = time.monotonic()
@@ -182,6 +187,17 @@ class WorkerPool:
                         yield from self._replace(w, sel, pending, "worker hung")
         finally:
             sel.close()
+
+    def stop(self, task: dict) -> None:
+        """Ends a running task early (its verdict is known from its partial results)."""
+        for w in self.workers:
+            if w.inflight and w.inflight[0]["id"] == task["id"]:
+                body = json.dumps({"stop": task["id"]}).encode()
+                try:
+                    w.proc.stdin.write(_HEADER.pack(len(body)) + body)
+                    w.proc.stdin.flush()
+                except OSError:
+                    pass  # a dead worker is noticed and replaced by run()
 
     def _replace(self, w: _Worker, sel: selectors.BaseSelector, pending: collections.deque, why: str):
         try:

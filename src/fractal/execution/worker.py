@@ -13,9 +13,11 @@ writes is therefore only data: a forged frame can at most claim a return value, 
 the same as returning it.
 
 Protocol with the labeler (stdin/stdout of this process): frames of a 4-byte big-endian
-length and a body. The labeler sends one JSON task per frame; for each, the worker sends
-a JSON header frame and a payload frame with the raw bytes the child wrote to its result
-pipe (the child's own length-prefixed JSON frames, parsed by the labeler).
+length and a body. The labeler sends JSON tasks, and {"stop": id} to end a running task
+whose verdict it already knows. For each task the worker answers one frame: a JSON
+header line, then the raw bytes the child wrote to its result pipe (the child's own
+length-prefixed JSON frames, parsed by the labeler). A candidate still running after
+50 ms also gets progress frames (header {"id", "progress": 1}) with its results so far.
 """
 from __future__ import annotations
 
@@ -35,6 +37,8 @@ import types
 _HEADER = struct.Struct(">I")
 _MAX_SAFE_INT = 2**53
 _RESULT_FD = 3
+_PROGRESS_AFTER = 0.05  # seconds a candidate runs before its partial results are sent
+_PROGRESS_EVERY = 0.05
 
 
 # ---------------------------------------------------------------------------------------
@@ -122,22 +126,6 @@ def _write_all(fd: int, data: bytes) -> None:
 
 def _send(fd: int, body: bytes) -> None:
     _write_all(fd, _HEADER.pack(len(body)) + body)
-
-
-def _read_exact(fd: int, n: int) -> bytes:
-    chunks = []
-    while n:
-        b = os.read(fd, n)
-        if not b:
-            raise EOFError
-        chunks.append(b)
-        n -= len(b)
-    return b"".join(chunks)
-
-
-def _recv(fd: int) -> bytes:
-    (n,) = _HEADER.unpack(_read_exact(fd, 4))
-    return _read_exact(fd, n)
 
 
 # ---------------------------------------------------------------------------------------
@@ -283,11 +271,39 @@ def _descendants_of(pid: int) -> list[int]:
 
 
 class Worker:
-    def __init__(self, as_init: bool, scratch: str):
+    def __init__(self, as_init: bool, scratch: str, from_labeler: int, to_labeler: int):
         self.as_init = as_init
         self.scratch = scratch
+        self.from_labeler = from_labeler
+        self.to_labeler = to_labeler
         self.devnull = os.open(os.devnull, os.O_RDWR)
         self.statuses: dict[int, int] = {}
+        self.inbox = bytearray()
+        self.tasks: list[dict] = []
+        self.stops: set[int] = set()
+        self.closed = False
+
+    def pump(self) -> None:
+        """Reads what the labeler sent: tasks queue up, stops mark a task to end."""
+        b = os.read(self.from_labeler, 1 << 20)
+        if not b:
+            self.closed = True
+        self.inbox += b
+        while len(self.inbox) >= 4:
+            (n,) = _HEADER.unpack_from(self.inbox)
+            if len(self.inbox) < 4 + n:
+                break
+            msg = json.loads(bytes(self.inbox[4 : 4 + n]))
+            del self.inbox[: 4 + n]
+            if "stop" in msg:
+                self.stops.add(msg["stop"])
+            else:
+                self.tasks.append(msg)
+
+    def next_task(self) -> dict | None:
+        while not self.tasks and not self.closed:
+            self.pump()
+        return self.tasks.pop(0) if self.tasks else None
 
     def kill_all(self) -> None:
         """Kills every process the candidate started, setsid ones included, and reaps them."""
@@ -360,19 +376,35 @@ class Worker:
         deadline = start + task["time_limit"]
         pidfd = os.pidfd_open(pid)
         poller = select.poll()
-        for fd in (res_r, out_r, pidfd):
+        for fd in (res_r, out_r, pidfd, self.from_labeler):
             poller.register(fd, select.POLLIN)
         result = bytearray()
         out_bytes = 0
         end = None
+        reported = 0  # bytes of results already shown to the labeler
+        next_report = start + _PROGRESS_AFTER
         try:
             while end is None:
-                left = deadline - time.monotonic()
+                now = time.monotonic()
+                left = deadline - now
                 if left <= 0:
                     end = "timeout"
                     break
-                for fd, _ in poller.poll(max(1, int(left * 1000))):
-                    if fd == pidfd:
+                if now >= next_report and len(result) > reported:
+                    # A slow candidate: let the labeler judge what it has so far, so a
+                    # wrong early answer ends the run instead of waiting out the limit.
+                    _send(self.to_labeler, json.dumps({"id": task["id"], "progress": 1}).encode() + b"\n" + bytes(result))
+                    reported = len(result)
+                    next_report = now + _PROGRESS_EVERY
+                wait = min(left, max(0.0, next_report - now)) if len(result) > reported else left
+                for fd, _ in poller.poll(max(1, int(wait * 1000))):
+                    if fd == self.from_labeler:
+                        self.pump()
+                        if task["id"] in self.stops:
+                            end = "stopped"
+                        if self.closed:
+                            poller.unregister(fd)
+                    elif fd == pidfd:
                         end = "exit"
                     elif fd == res_r:
                         b = os.read(res_r, 1 << 16)
@@ -464,14 +496,14 @@ def main() -> None:
         os.setuid(config["uid"])
     _prctl(38, 1)  # PR_SET_NO_NEW_PRIVS: no setuid binary can give privileges back
     _set_dumpable(False)  # candidates (same uid) cannot ptrace us or open /proc/1/fd
-    worker = Worker(as_init, config["scratch"])
+    worker = Worker(as_init, config["scratch"], from_labeler, to_labeler)
     _send(to_labeler, json.dumps({"ready": os.getpid(), "as_init": as_init, "uid": os.getuid()}).encode())
     while True:
-        try:
-            task = json.loads(_recv(from_labeler))
-        except EOFError:
+        task = worker.next_task()
+        if task is None:
             return
         header, payload = worker.run(task)
+        worker.stops.discard(task["id"])
         header["id"] = task["id"]
         _send(to_labeler, json.dumps(header).encode() + b"\n" + payload)
 
