@@ -15,12 +15,8 @@ from pathlib import Path
 
 
 def _run(args: argparse.Namespace) -> int:
-    script = Path("stages") / f"{args.stage}.py"
-    if not script.exists():
-        print(f"fractal run: {script} not found (run from the repository root; stages: "
-              f"{', '.join(sorted(p.stem for p in Path('stages').glob('*.py')))})", file=sys.stderr)
-        return 2
-    return subprocess.call([sys.executable, str(script), *args.args])
+    from fractal.remote.executor import run_stage  # local, ssh or lambda: .fractal/executor.yaml, FRACTAL_EXECUTOR
+    return run_stage(args.stage, args.args)
 
 
 def _profile(args: argparse.Namespace) -> int:
@@ -48,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     profile = sub.add_parser("profile", help="copy profiles/NAME.yaml over params.yaml")
     profile.add_argument("name")
     profile.set_defaults(func=_profile)
+    from fractal.remote.cli import add_lambda_parser  # `fractal lambda ...`
+    add_lambda_parser(sub)
     return parser
 
 

@@ -129,7 +129,8 @@ class LambdaDouble:
 
         self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="lambda-double", daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), name="lambda-double",
+                                        daemon=True)
         self._thread.start()
         return self
 

@@ -79,7 +79,7 @@ def _resolved_by_dvc(root: Path, dvcfile: Path, name: str) -> StageSpec:
     from dvc.dependency.param import ParamsDependency
     from dvc.repo import Repo
 
-    target = name if dvcfile == Path("dvc.yaml") else f"{dvcfile}:{name}"
+    target = f"{(root / dvcfile).resolve()}:{name}"  # DVC reads relative targets from the cwd
     with Repo(str(root)) as repo:
         [stage] = repo.stage.collect(target)
         root_dir = Path(repo.root_dir)

@@ -68,7 +68,7 @@ def run_stage(stage: str, argv: list[str]) -> int:
             from fractal.remote.lambda_run import run_on_lambda
             return run_on_lambda(stage, argv, cfg)
     except KeyboardInterrupt:
-        log.error("%s: interrupted; the remote stage was stopped", stage)
+        log.error("%s: interrupted", stage)
         return 130
     except (RemoteError, StageError, ConfigError) as e:
         log.error("%s", e)
@@ -188,6 +188,7 @@ class RemoteRun:
         self.root = self.work = self.env = self.run_dir = ""
         self.env_ready = False
         self.peers: list[str] = []
+        self.log_offset = 0  # bytes of the remote log shown so far: where a reattached stream resumes
 
     # -- phases ---------------------------------------------------------------------------
 
@@ -391,10 +392,10 @@ class RemoteRun:
         """Streams the log until the stage ends; returns its exit code and, on success, the
         remote manifest of its outputs. A dropped connection is reattached and the log picks
         up at the byte it stopped at."""
-        offset = 0
+        self.log_offset = 0
         while True:
             try:
-                offset, result = self._stream(pid, offset)
+                result = self._stream(pid)
             except _Dropped as e:
                 log.warning("%s: connection to %s lost (%s); the stage keeps running there, reattaching",
                             self.stage, self.target.label, e)
@@ -405,9 +406,9 @@ class RemoteRun:
                                   f"(killed, or out of memory?); its log: {self.run_dir}/log")
             return int(result["rc"]), result["manifest"]
 
-    def _stream(self, pid: int, offset: int) -> tuple[int, dict[str, Any]]:
-        """Copies the log from `offset` until the stage ends, through the remote agent:
-        (new offset, {"rc": exit code or None, "manifest": outputs' checksums})."""
+    def _stream(self, pid: int) -> dict[str, Any]:
+        """Copies the log from self.log_offset until the stage ends, through the remote agent:
+        {"rc": exit code or None, "manifest": outputs' checksums}."""
         import json
 
         assert self.conn is not None
@@ -419,7 +420,7 @@ class RemoteRun:
             chan = transport.open_session(timeout=15)
             chan.settimeout(1.0)
             chan.exec_command(f"cd {_q(self.work)} && exec {_q(self.env)}/bin/python - follow {_q(run + '/log')} "
-                              f"{_q(run + '/rc')} {pid} {offset} {outs}")
+                              f"{_q(run + '/rc')} {pid} {self.log_offset} {outs}")
             chan.sendall(_remote_script("agent.py").encode())
             chan.shutdown_write()
         except Exception as e:  # OSError, EOFError, paramiko.SSHException: the link is gone
@@ -446,7 +447,7 @@ class RemoteRun:
             if not data:
                 break
             quiet_since = time.monotonic()
-            offset += len(data)
+            self.log_offset += len(data)
             self.out.write(data)
             self.out.flush()
             if self.on_log is not None:
@@ -467,9 +468,11 @@ class RemoteRun:
                 raise _Dropped("the log stream ended without the stage's result")
         status = chan.recv_exit_status()
         chan.close()
+        if status == -1:  # paramiko's value for a channel closed without an exit status
+            raise _Dropped("the log stream was cut")
         text = err.decode(errors="replace").strip()
         try:
-            return offset, json.loads(text.splitlines()[-1])
+            return json.loads(text.splitlines()[-1])
         except (ValueError, IndexError):
             raise RemoteError(f"{self.target.label}: following the stage failed (exit {status}): {text[-2000:]}; "
                               f"check remote.python (the agent needs Python 3.8+)") from None

@@ -7,6 +7,7 @@ lambda.keep_instance says otherwise, with further signals ignored until that is 
 from __future__ import annotations
 
 import logging
+import sys
 import time
 
 from fractal.remote.config import ExecutorConfig
@@ -39,7 +40,8 @@ def run_on_lambda(stage: str, argv: list[str], cfg: ExecutorConfig) -> int:
             cost = inst.price_cents_per_hour / 100 * seconds / 3600
             fate = ("launched for it and terminated" if acquired.launched and not acquired.keep
                     else "still running: `fractal lambda terminate " + inst.id[:8] + "` when done")
-            outcome = "finished" if rc == 0 else "failed" if rc is not None else "stopped"
+            interrupted = isinstance(sys.exc_info()[1], KeyboardInterrupt)
+            outcome = "finished" if rc == 0 else "stopped" if interrupted else "failed"
             log.info("%s %s on %s (%s, %s) after %s: about $%.2f at $%.2f/h; instance %s", stage, outcome,
                      inst.name or inst.id[:8], inst.type_name, inst.region, _duration(seconds), cost,
                      inst.price_cents_per_hour / 100, fate)
