@@ -294,3 +294,11 @@ def test_slow_candidate_with_an_early_wrong_answer_is_stopped_early(sandboxed):
     slow = "import time\ndef f(x):\n    if x == 2:\n        time.sleep(100)\n    return 0\n"
     label, = label_candidates([problem], [Generation("t/slow", 0, "", slow, "x", "x")], sandboxed)
     assert label.status == "failed" and label.duration < 0.9
+
+
+def test_recursive_reference_calls_are_not_test_calls():
+    fact = Problem("MBPP/3", "mbpp", "test", "", "fact", "assert fact(5) == 120\nassert fact(1) == 1\n",
+                   "def fact(n):\n    return 1 if n < 2 else n * fact(n - 1)\n", test_style="asserts")
+    plan = plan_tests(fact)
+    assert len(plan.calls) == 2
+    assert judge(plan, EXIT, payload({"load": 1}, {"r": 120}, {"r": 1}), 1.0) == ("passed", "")

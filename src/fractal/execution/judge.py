@@ -88,7 +88,11 @@ def _encode_call(args: tuple, kwargs: dict) -> str:
     return json.dumps([encode_plain(list(args)), encode_plain(dict(kwargs))], allow_nan=True)
 
 
-def _run_tests(problem: Problem, ns: dict, candidate: Callable, tests_code: Any) -> None:
+def _run_tests(problem: Problem, reference_ns: dict, candidate: Callable, tests_code: Any) -> None:
+    # The tests see the reference's names (helpers), with the entry point replaced; the
+    # reference's own functions keep their namespace, so a recursive reference calls
+    # itself, not the stand-in.
+    ns = dict(reference_ns)
     state = random.getstate()
     random.seed(TEST_SEED)
     try:

@@ -91,9 +91,11 @@ def _execute(todo: list[tuple[str, Generation]], by_id: dict[str, Problem], para
     out: dict[str, tuple[str, str, float]] = {}
     verdicts: dict[tuple, tuple[str, str]] = {}  # same outputs of the same problem: same verdict
     passed = 0
+    timings: list[str] = []
     start = time.monotonic()
     with tqdm(total=len(tasks), desc="label", unit="program", smoothing=0.05) as bar:
         for preload, batch in _passes(tasks, params):
+            pass_start = time.monotonic()
             with WorkerPool(params, min(n_workers, len(batch)), Path(params.cache_dir) / "logs", preload) as pool:
                 for task, header, payload in pool.run(batch):
                     plan = plans[task["problem_id"]]
@@ -113,9 +115,11 @@ def _execute(todo: list[tuple[str, Generation]], by_id: dict[str, Problem], para
                     passed += status == "passed"
                     bar.update(1)
                     bar.set_postfix(passed=passed, refresh=False)
+            timings.append(f"{len(batch)} in {time.monotonic() - pass_start:.1f}s"
+                           + (f" (preloading {', '.join(preload[len(params.preload):])})" if len(preload) > len(params.preload) else ""))
     elapsed = time.monotonic() - start
     print(f"label: ran {len(tasks)} programs in {elapsed:.1f}s ({len(tasks) / max(elapsed, 1e-9):.0f}/s) "
-          f"on {n_workers} sandboxed workers", file=sys.stderr)
+          f"on {n_workers} sandboxed workers; passes: {'; '.join(timings)}", file=sys.stderr)
     return out
 
 

@@ -113,8 +113,16 @@ class _Worker:
         self.proc.stdin.write(_HEADER.pack(len(body)) + body)
         self.proc.stdin.flush()
 
-    def kill(self) -> None:
-        # bwrap's --die-with-parent takes the whole sandbox down with it.
+    def kill(self, grace: float = 0.0) -> None:
+        """Stops the worker: with grace, by closing its input (it exits when idle, so its
+        CPU time is accounted to us); then, or at once, by killing bwrap, whose
+        --die-with-parent takes the whole sandbox down with it."""
+        if grace and self.proc.poll() is None and not self.inflight:
+            try:
+                self.proc.stdin.close()
+                self.proc.wait(timeout=grace)
+            except (OSError, subprocess.TimeoutExpired):
+                pass
         if self.proc.poll() is None:
             self.proc.kill()
         try:
@@ -145,7 +153,13 @@ class WorkerPool:
 
     def close(self) -> None:
         for w in self.workers:
-            w.kill()
+            if w.proc.poll() is None and not w.inflight:
+                try:
+                    w.proc.stdin.close()  # idle workers exit on their own
+                except OSError:
+                    pass
+        for w in self.workers:
+            w.kill(grace=5.0)
 
     def run(self, tasks: Iterable[dict]) -> Iterator[tuple[dict, dict, bytes]]:
         """Yields (task, header, payload) for every task, in completion order; before that,
@@ -178,7 +192,9 @@ class WorkerPool:
                                 yield w.inflight[0], header, payload
                             continue
                         task = w.inflight.popleft()
-                        assert header["id"] == task["id"], "worker replies out of order"
+                        if header["id"] != task["id"]:
+                            raise RuntimeError(f"sandboxed worker {w.index} answered task {header['id']} "
+                                               f"while {task['id']} was due; see {w.log_path}")
                         w.head_since = time.monotonic()
                         yield task, header, payload
                 now = time.monotonic()

@@ -155,7 +155,7 @@ def _vm_bytes() -> int:
 
 
 def _set_limits(task: dict) -> None:
-    mem = _vm_bytes() + task["memory_bytes"]
+    mem = task["worker_vm_bytes"] + task["memory_bytes"]
     resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
     resource.setrlimit(resource.RLIMIT_NPROC, (task["max_processes"], task["max_processes"]))
     resource.setrlimit(resource.RLIMIT_FSIZE, (task["max_file_bytes"], task["max_file_bytes"]))
@@ -179,9 +179,7 @@ def _child(task: dict, res_w: int, out_w: int, devnull: int) -> None:
     _set_dumpable(True)  # so that /proc/self stays readable to the candidate
     _set_limits(task)
     sys.setrecursionlimit(task["recursion_limit"])
-    sys.stdin = open(0, encoding="utf-8", closefd=False)
-    sys.stdout = open(1, "w", encoding="utf-8", closefd=False)
-    sys.stderr = open(2, "w", encoding="utf-8", closefd=False)
+    # sys.stdin/stdout/stderr already wrap fds 0, 1 and 2, now /dev/null and the output pipe.
     sys.argv = ["candidate.py"]
 
     calls = json.loads(task["calls"])
@@ -340,12 +338,19 @@ class Worker:
     def wipe_scratch(self) -> None:
         for root in (self.scratch, "/dev/shm" if self.as_init else None):
             if root and os.path.isdir(root):
+                try:
+                    os.chmod(root, 0o1777)  # a candidate may have locked it (where it owns it)
+                except OSError:
+                    pass
                 _wipe(root)
 
     def run(self, task: dict) -> tuple[dict, bytes]:
         res_r, res_w = os.pipe()
         out_r, out_w = os.pipe()
         self.statuses.clear()
+        # Relative to what this worker maps (a forked child starts with the same), so a
+        # worker that preloaded torch does not fail every candidate with MemoryError.
+        task["worker_vm_bytes"] = _vm_bytes()
         start = time.monotonic()
         pid = os.fork()
         if pid == 0:
