@@ -80,6 +80,7 @@ import yaml
 steps = yaml.safe_load(open("params.yaml"))["toy"]["steps"]
 cfg = json.load(open("data/config.json"))
 print(f"toy running in {os.getcwd()} on {os.uname().nodename}", flush=True)
+print(f"TOY_SECRET={os.environ.get('TOY_SECRET', '-')} api key visible: {'LAMBDA_API_KEY' in os.environ}")
 for i in range(steps):
     print(f"step {i}", flush=True)
     time.sleep(cfg.get("sleep", 0))

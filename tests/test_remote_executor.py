@@ -223,3 +223,33 @@ def test_experiments_get_their_own_remote_directories(lambda_repo, lambda_double
     rc, out = run_fractal(["fractal", "lambda", "terminate", "--all"], lambda_repo.path)
     assert rc == 0
     assert wait_until(lambda: lambda_double.running() == [])
+
+
+def test_named_variables_are_passed_but_never_the_api_key(lambda_repo, lambda_double, monkeypatch):
+    lambda_repo.remote["env"] = ["TOY_SECRET", "LAMBDA_API_KEY"]
+    lambda_repo.write_config()
+    monkeypatch.setenv("TOY_SECRET", "it's a 'quoted' value")
+    rc, out = run_fractal(["fractal", "run", "toy"], lambda_repo.path)
+    assert rc == 0, out
+    assert "TOY_SECRET=it's a 'quoted' value api key visible: False" in out
+    assert "LAMBDA_API_KEY is never sent to a remote host" in out
+    assert_key_never_shown(lambda_double, lambda_repo, out)
+
+
+def test_remote_environment_is_set_up_once_and_a_broken_setup_is_explained(lambda_repo, lambda_double):
+    marker = lambda_repo.remote_root / "setup-runs.txt"
+    lambda_repo.remote["setup"] = f"python -c 'import sys; print(sys.prefix)' >> {marker}"
+    lambda_repo.write_config(keep_instance=True)
+    for _ in range(2):
+        rc, out = run_fractal(["fractal", "run", "toy"], lambda_repo.path)
+        assert rc == 0, out
+    [prefix] = marker.read_text().splitlines()  # once, and inside the venv it made
+    assert prefix.startswith(str(lambda_repo.remote_root / "envs"))
+    lambda_repo.remote["setup"] = "echo 'no such package' >&2; exit 7"  # a new setup is a new environment
+    lambda_repo.write_config(keep_instance=False)
+    rc, out = run_fractal(["fractal", "run", "toy"], lambda_repo.path)
+    assert rc == 1 and "no such package" in out and "setting up the remote environment failed (exit 7)" in out
+    assert "remote.setup" in out
+    rc, out = run_fractal(["fractal", "lambda", "terminate", "--all"], lambda_repo.path)
+    assert rc == 0
+    assert wait_until(lambda: lambda_double.running() == [])

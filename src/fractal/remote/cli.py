@@ -42,6 +42,9 @@ def add_lambda_parser(sub: Any) -> None:
     c.add_argument("--region", action="append", dest="regions", metavar="REGION",
                    help="region, in preference order (repeat); default: lambda.regions, else any with capacity")
     c.add_argument("--no-wait", action="store_true", help="return once launched, without waiting for it to boot")
+    c.add_argument("--idle-minutes", type=float, help="terminate after this long without a fractal run, ssh or "
+                   "sync (default: lambda.idle_minutes; 0: never)")
+    c.add_argument("--max-age-hours", type=float, help="terminate at this age (default: lambda.max_age_hours; 0: never)")
     c.set_defaults(func=_guarded(_launch))
 
     c = cmds.add_parser("wait", help="wait until an instance is active and answers SSH; pin its host key")
@@ -158,25 +161,35 @@ def _types(args: argparse.Namespace) -> int:
 def _launch(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from fractal.remote.instances import ensure_ssh_key, launch, local_ssh_key, start_watchdog
+    from fractal.remote.instances import ensure_ssh_key, launch, local_ssh_key, shielded, start_watchdog, terminate
 
     ctx = _Context()
     ctx.reap()
-    settings = dataclasses.replace(ctx.settings, instance_types=args.types or ctx.settings.instance_types,
-                                   regions=args.regions or ctx.settings.regions)
+    settings = dataclasses.replace(
+        ctx.settings, instance_types=args.types or ctx.settings.instance_types,
+        regions=args.regions or ctx.settings.regions,
+        idle_minutes=ctx.settings.idle_minutes if args.idle_minutes is None else args.idle_minutes,
+        max_age_hours=ctx.settings.max_age_hours if args.max_age_hours is None else args.max_age_hours)
     _, public_key = local_ssh_key(settings)
     key_name = ensure_ssh_key(ctx.client, public_key)
     launched = launch(ctx.client, settings, key_name, keep=True, registry=ctx.registry, lease=False)
     if settings.watchdog:
         start_watchdog()
     print(launched.instance_id)
-    if settings.idle_minutes:
-        print(f"it is terminated after {settings.idle_minutes:g} min without a run (lambda.idle_minutes), or by "
-              f"`fractal lambda terminate {launched.instance_id[:8]}`", file=sys.stderr)
+    limits = [text for text in (
+        f"after {settings.idle_minutes:g} min without a fractal run, ssh or sync" if settings.idle_minutes else "",
+        f"at {settings.max_age_hours:g} h old" if settings.max_age_hours else "") if text]
+    when = f"{'; or '.join(limits)} (--idle-minutes, --max-age-hours); or" if limits else "only"
+    print(f"it is terminated {when} by `fractal lambda terminate {launched.instance_id[:8]}`", file=sys.stderr)
     if args.no_wait:
         return 0
     args.instance = launched.instance_id
-    return _wait(args, ctx)
+    try:
+        return _wait(args, ctx)
+    except BaseException:  # it never became usable (or Ctrl-C while booting): do not leave it billing
+        with shielded():
+            terminate(ctx.client, [launched.instance_id], ctx.registry, "launch did not complete")
+        raise
 
 
 def _wait(args: argparse.Namespace, ctx: _Context | None = None) -> int:
@@ -213,8 +226,12 @@ def _ssh_config(args: argparse.Namespace) -> int:
 
 
 def _ssh(args: argparse.Namespace) -> int:
+    from fractal.remote.instances import touch
+
     ctx = _Context()
-    target = ctx.target(ctx.instance(args.instance))
+    inst = ctx.instance(args.instance)
+    target = ctx.target(inst)
+    touch(ctx.registry, inst.id)
     command = [c for c in args.command if c != "--"]
     argv = ["ssh", *target.ssh_args(), "-o", "BatchMode=no", target.destination(), *command]
     sys.stdout.flush()
@@ -226,8 +243,12 @@ def _sync(args: argparse.Namespace) -> int:
     from fractal.remote.dvcfile import StageSpec, load_stage
     from fractal.remote.executor import RemoteRun
 
+    from fractal.remote.instances import touch
+
     ctx = _Context()
-    target = ctx.target(ctx.instance(args.instance))
+    inst = ctx.instance(args.instance)
+    target = ctx.target(inst)
+    touch(ctx.registry, inst.id)
     spec = load_stage(args.stage) if args.stage else StageSpec(name="", deps=[], outs=[])
     run = RemoteRun(target, ctx.cfg.remote, spec, args.stage or "sync", [])
     run.conn = target.connect()

@@ -17,7 +17,6 @@ import secrets
 import shutil
 import socket
 import subprocess
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -412,6 +411,3 @@ def make_keypair(directory: str | os.PathLike, name: str = "id_ed25519") -> tupl
                        check=True)
     return path, path.with_suffix(".pub").read_text().strip()
 
-
-def scratch_dir(prefix: str = "fractal-double-") -> Path:
-    return Path(tempfile.mkdtemp(prefix=prefix))

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 from fractal.remote.config import ConfigError, ExecutorConfig, RemoteSettings, SSHSettings, load_config
 from fractal.remote.dvcfile import StageError, StageSpec, load_stage
 from fractal.remote.instances import shielded
-from fractal.remote.ssh import RemoteError, Target, rsync
+from fractal.remote.ssh import HostKeyError, RemoteError, Target, rsync
 
 if TYPE_CHECKING:
     import fabric
@@ -489,6 +489,8 @@ class RemoteRun:
                 self.conn = self.target.connect()
                 log.info("%s: reattached to %s", self.stage, self.target.label)
                 return
+            except HostKeyError:
+                raise
             except RemoteError as e:
                 if self.target.still_there is not None and not self.target.still_there():
                     raise RemoteError(f"{self.target.label} is gone (terminated or preempted); the stage did "

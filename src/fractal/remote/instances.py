@@ -29,7 +29,7 @@ from typing import Any, Iterator
 
 from fractal.remote.api import INSUFFICIENT_CAPACITY, Instance, LambdaAPIError, LambdaClient, Retry
 from fractal.remote.config import LambdaSettings, fractal_home
-from fractal.remote.ssh import RemoteError, Target, wait_for_ssh, write_ssh_config
+from fractal.remote.ssh import HostKeyError, RemoteError, Target, wait_for_ssh, write_ssh_config
 
 log = logging.getLogger(__name__)
 
@@ -288,6 +288,8 @@ def wait_reachable(target: Target, deadline: float) -> None:
         try:
             target.connect().close()
             return
+        except HostKeyError:
+            raise
         except RemoteError:
             # sshd may accept TCP before it accepts our key (cloud-init is still writing it)
             if time.monotonic() > deadline:
@@ -353,6 +355,13 @@ def release(client: LambdaClient, acquired: Acquired, registry: Registry) -> Non
         if entry is not None:
             entry["lease"] = None
             entry["last_used"] = time.time()
+
+
+def touch(registry: Registry, instance_id: str) -> None:
+    """Counts as use for the idle limit (`fractal lambda ssh` and `sync` are use too)."""
+    with registry.locked() as state:
+        if instance_id in state:
+            state[instance_id]["last_used"] = time.time()
 
 
 def find_instance(client: LambdaClient, ref: str) -> Instance:

@@ -27,6 +27,10 @@ class RemoteError(RuntimeError):
     """A remote run failed for a reason the message explains (not the stage's own exit code)."""
 
 
+class HostKeyError(RemoteError):
+    """The host's key is not the pinned one (or not known at all): never retried."""
+
+
 @dataclasses.dataclass
 class Target:
     """Where a remote stage runs, as both Fabric and OpenSSH reach it."""
@@ -72,7 +76,10 @@ class Target:
         kwargs: dict[str, Any] = {}
         if self.identity_file:
             kwargs["key_filename"] = [str(Path(self.identity_file).expanduser())]
-        conn = fabric.Connection(self.host, user=self.user or None, port=self.port or None,
+        # A Lambda target has its own generated config; the user's ~/.ssh/config (a `Host *`
+        # ProxyJump, say) must not reroute it. An ssh-executor host may be an alias from it.
+        config = fabric.Config(overrides={"load_ssh_configs": self.ssh_config is None})
+        conn = fabric.Connection(self.host, user=self.user or None, port=self.port or None, config=config,
                                  connect_timeout=int(timeout), connect_kwargs=kwargs)
         client = conn.client
         if self.known_hosts is not None:
@@ -89,7 +96,7 @@ class Target:
             raise
         except paramiko.BadHostKeyException as e:
             conn.close()
-            raise RemoteError(
+            raise HostKeyError(
                 f"{self.label}: the host key of {e.hostname} changed since it was pinned in "
                 f"{self.known_hosts or '~/.ssh/known_hosts'}; refusing to connect (if the host was really "
                 "reinstalled, delete that entry)") from None
@@ -109,7 +116,7 @@ class _Refuse:
 
     def missing_host_key(self, client: Any, hostname: str, key: Any) -> None:
         where = self.target.known_hosts or "~/.ssh/known_hosts"
-        raise RemoteError(f"{self.target.label}: the host key of {hostname} is not in {where}; connect once "
+        raise HostKeyError(f"{self.target.label}: the host key of {hostname} is not in {where}; connect once "
                           f"with `ssh {self.target.destination()}` and check the fingerprint, or name a "
                           "known_hosts file in the ssh section of .fractal/executor.yaml")
 
