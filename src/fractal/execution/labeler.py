@@ -6,6 +6,7 @@ import os
 import re
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from tqdm import tqdm
@@ -70,8 +71,16 @@ def _execute(todo: list[tuple[str, Generation]], by_id: dict[str, Problem], para
               f"({', '.join(broken[:5])}{'...' if len(broken) > 5 else ''}); their candidates are still judged",
               file=sys.stderr)
     tasks = []
+    out: dict[str, tuple[str, str, float]] = {}
     for i, (key, g) in enumerate(todo):
         plan = plans[g.problem_id]
+        syntax = _syntax_error(g.program)
+        if syntax:
+            # Compiling runs none of the candidate's code, so it need not go to the sandbox
+            # (the child would report the same error from the same compiler).
+            out[key] = ("syntax_error", syntax, 0.0)
+            cache.put(key, "syntax_error", syntax, 0.0)
+            continue
         tasks.append({
             "id": i,
             "key": key,
@@ -88,7 +97,8 @@ def _execute(todo: list[tuple[str, Generation]], by_id: dict[str, Problem], para
             "recursion_limit": params.recursion_limit,
         })
     n_workers = params.workers or _cores()
-    out: dict[str, tuple[str, str, float]] = {}
+    if not tasks:
+        return out
     verdicts: dict[tuple, tuple[str, str]] = {}  # same outputs of the same problem: same verdict
     passed = 0
     timings: list[str] = []
@@ -121,6 +131,18 @@ def _execute(todo: list[tuple[str, Generation]], by_id: dict[str, Problem], para
     print(f"label: ran {len(tasks)} programs in {elapsed:.1f}s ({len(tasks) / max(elapsed, 1e-9):.0f}/s) "
           f"on {n_workers} sandboxed workers; passes: {'; '.join(timings)}", file=sys.stderr)
     return out
+
+
+def _syntax_error(program: str) -> str:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # SyntaxWarnings of model code are not ours to print
+        try:
+            compile(program, "candidate.py", "exec", dont_inherit=True, optimize=0)
+        except (SyntaxError, ValueError, OverflowError) as e:  # ValueError: NUL bytes
+            return type(e).__name__
+        except (MemoryError, RecursionError):
+            return ""  # let the sandbox find out what this program is
+    return ""
 
 
 _IMPORT = re.compile(r"^[ \t]*(?:import|from)[ \t]+([A-Za-z_][\w.]*)", re.M)
