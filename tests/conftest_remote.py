@@ -13,7 +13,6 @@ import secrets
 import shutil
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 from pathlib import Path
@@ -30,8 +29,6 @@ FRACTAL_SRC = Path(__file__).resolve().parents[1] / "src"
 
 _missing = [tool for tool in ("sshd", "rsync", "ssh", "ssh-keygen", "git")
             if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists()]
-needs_ssh = pytest.mark.skipif(bool(_missing), reason=f"needs {', '.join(_missing)} (apt-get install "
-                               "openssh-server rsync git)")
 
 
 @pytest.fixture(scope="session")
@@ -212,4 +209,4 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
     return predicate()
 
 
-__all__ += ["wait_until", "needs_ssh", "TOY_STAGE", "TOY_DVC"]
+__all__ += ["wait_until", "TOY_STAGE", "TOY_DVC"]

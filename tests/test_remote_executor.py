@@ -8,7 +8,6 @@ import glob
 import json
 import os
 import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -236,6 +235,7 @@ def test_named_variables_are_passed_but_never_the_api_key(lambda_repo, lambda_do
     assert_key_never_shown(lambda_double, lambda_repo, out)
 
 
+@pytest.mark.slow  # two venvs with pip: ~20 s
 def test_remote_environment_is_set_up_once_and_a_broken_setup_is_explained(lambda_repo, lambda_double):
     marker = lambda_repo.remote_root / "setup-runs.txt"
     lambda_repo.remote["setup"] = f"python -c 'import sys; print(sys.prefix)' >> {marker}"

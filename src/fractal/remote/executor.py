@@ -309,16 +309,8 @@ class RemoteRun:
         listing = sorted({*files, *(p for p in self.spec.uploads if os.path.lexists(p))})
         args = ["-r", "--delete", "--exclude=__pycache__", "--files-from=-", "--from0"]
         args += [f"--copy-dest={p}" for p in self.peers]
-        self._rsync_stdin(args + ["./", f"{self.target.destination()}:{self.work}/"], "\0".join(listing), "push")
-
-    def _rsync_stdin(self, args: list[str], stdin: str, what: str) -> None:
-        list_file = Path(self._scratch()) / f"{what}.list"
-        list_file.write_text(stdin)
-        try:
-            rsync(self.target, [a if a != "--files-from=-" else f"--files-from={list_file}" for a in args],
-                  self.settings.compress, what)
-        finally:
-            list_file.unlink(missing_ok=True)
+        rsync(self.target, args + ["./", f"{self.target.destination()}:{self.work}/"], self.settings.compress,
+              "push", files="\0".join(listing))
 
     def _scratch(self) -> str:
         base = Path(".dvc/tmp") if Path(".dvc").is_dir() else Path(".fractal/tmp")
@@ -507,8 +499,10 @@ class RemoteRun:
         try:
             if self.conn is None or not self.conn.is_connected:
                 self.conn = self.target.connect(timeout=10)
-            self._run(f"kill -TERM -- -{pid} 2>/dev/null; for i in $(seq 50); do kill -0 {pid} 2>/dev/null || "
-                      f"exit 0; sleep 0.1; done; kill -KILL -- -{pid} 2>/dev/null; true")
+            # `kill -0` counts a zombie as alive (see agent.py): read the state from /proc
+            alive = f'[ "$(awk \'{{print $3}}\' /proc/{pid}/stat 2>/dev/null || echo Z)" != Z ]'
+            self._run(f"kill -TERM -- -{pid} 2>/dev/null; for i in $(seq 50); do {alive} || exit 0; sleep 0.1; "
+                      f"done; kill -KILL -- -{pid} 2>/dev/null; true")
             log.info("%s: stopped the remote stage (process group %d)", self.stage, pid)
         except Exception as e:
             log.warning("%s: could not stop the remote stage (process group %d): %s", self.stage, pid, e)
@@ -525,8 +519,8 @@ class RemoteRun:
         staging.mkdir(parents=True)
         try:
             listing = "\0".join(o.path for o in self.spec.outs)
-            self._rsync_stdin(["-r", "--files-from=-", "--from0", f"{self.target.destination()}:{self.work}/",
-                               f"{staging}/"], listing, "fetch")
+            rsync(self.target, ["-r", "--files-from=-", "--from0", f"{self.target.destination()}:{self.work}/",
+                                f"{staging}/"], self.settings.compress, "fetch", files=listing)
             local = manifest(staging, [o.path for o in self.spec.outs])
             bad = [o for o in remote_manifest if local.get(o) != remote_manifest[o]]
             if bad:

@@ -166,16 +166,18 @@ def wait_for_ssh(host: str, port: int, deadline: float, poll: float = 1.0) -> No
     raise RemoteError(f"{host}:{port} did not answer SSH in time ({last})")
 
 
-def rsync(target: Target, args: list[str], compress: bool, what: str) -> None:
-    """Runs rsync over the target's ssh; progress only on a terminal."""
+def rsync(target: Target, args: list[str], compress: bool, what: str, files: str | None = None) -> None:
+    """Runs rsync over the target's ssh; `files` feeds `--files-from=-`. Progress only on a
+    terminal."""
     import sys
     cmd = ["rsync", "-a", "--partial", "-e", target.rsync_shell()]
     if compress:
         cmd.append("-z")
-    if sys.stderr.isatty():
+    progress = sys.stderr.isatty()
+    if progress:
         cmd.append("--info=progress2")
-    proc = subprocess.run([*cmd, *args], stdin=subprocess.DEVNULL, stdout=sys.stderr,
-                          stderr=subprocess.PIPE, text=True)
+    proc = subprocess.run([*cmd, *args], input=files if files is not None else "",
+                          stdout=None if progress else subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     if proc.returncode != 0:
         raise RemoteError(f"{target.label}: rsync ({what}) failed with exit code {proc.returncode}: "
                           f"{proc.stderr.strip()[-2000:]}")
