@@ -31,7 +31,6 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from fractal.remote.config import ConfigError, ExecutorConfig, RemoteSettings, SSHSettings, load_config
 from fractal.remote.dvcfile import StageError, StageSpec, load_stage
-from fractal.remote.instances import shielded
 from fractal.remote.ssh import HostKeyError, RemoteError, Target, rsync
 
 if TYPE_CHECKING:
@@ -215,6 +214,7 @@ class RemoteRun:
                 self.fetch(outputs)
             return 0
         except KeyboardInterrupt:
+            from fractal.remote.instances import shielded
             if pid:
                 with shielded():
                     self.kill(pid)

@@ -419,7 +419,7 @@ def start_watchdog() -> None:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as out:
         subprocess.Popen([sys.executable, "-m", "fractal.cli", "lambda", "watchdog"], stdin=subprocess.DEVNULL,
-                         stdout=out, stderr=out, start_new_session=True, close_fds=True)
+                         stdout=out, stderr=out, start_new_session=True, close_fds=True, cwd=log_path.parent)
 
 
 def watch(once: bool = False, sleep: float | None = None) -> int:
