@@ -274,10 +274,10 @@ def test_label_candidates_order_dedupe_and_cache(sandboxed, monkeypatch):
     real = labeler_module.WorkerPool
 
     class CountingPool(real):
-        def run(self, tasks):
+        def run(self, tasks, **kw):
             tasks = list(tasks)
             ran.extend(t["program"] for t in tasks)
-            return super().run(tasks)
+            return super().run(tasks, **kw)
 
     monkeypatch.setattr(labeler_module, "WorkerPool", CountingPool)
     again = label_candidates([CHECK, mbpp], gens, sandboxed)
@@ -302,3 +302,69 @@ def test_recursive_reference_calls_are_not_test_calls():
     plan = plan_tests(fact)
     assert len(plan.calls) == 2
     assert judge(plan, EXIT, payload({"load": 1}, {"r": 120}, {"r": 1}), 1.0) == ("passed", "")
+
+
+def test_killed_label_run_resumes_from_the_cache(sandboxed, tmp_path, monkeypatch):
+    """A labeler killed mid-run (kill -9) leaves what it finished in the cache; the rerun
+    executes only the rest, and the killed run's sandboxes are gone with it."""
+    import sqlite3
+    import time
+
+    import fractal.execution.labeler as labeler_module
+
+    programs = [f"def add(a, b):\n    return a + b + {i} - {i}\n" for i in range(30)]
+    programs.append("import time\ndef add(a, b):\n    time.sleep(2)\n    return a + b\n")  # the first run dies here
+    params = LabelParams(workers=1, timeout_floor=5, timeout_cap=5, cache_dir=sandboxed.cache_dir)
+    script = textwrap.dedent(f"""
+        import sys
+        from fractal.execution import label_candidates
+        from fractal.params import LabelParams
+        from fractal.records import Generation, Problem
+        problem = Problem(**{json.dumps(CHECK.__dict__)})
+        programs = {programs!r}
+        gens = [Generation("t/add", i, "", p, "x", "x") for i, p in enumerate(programs)]
+        label_candidates([problem], gens, LabelParams(workers=1, timeout_floor=5, timeout_cap=5,
+                                                       cache_dir={sandboxed.cache_dir!r}))
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.DEVNULL)
+    db = os.path.join(sandboxed.cache_dir, "labels.sqlite")
+    deadline = time.monotonic() + 60
+    done = 0
+    while time.monotonic() < deadline and done < 30:
+        time.sleep(0.2)
+        if os.path.exists(db):
+            try:
+                done = sqlite3.connect(db).execute("SELECT COUNT(*) FROM labels").fetchone()[0]
+            except sqlite3.OperationalError:
+                pass
+    proc.kill()
+    proc.wait()
+    assert done == 30, "the first run never got through its fast candidates"
+    if os.geteuid() == 0:  # as root, sandboxed processes run under uids of their own
+        left = [1]
+        while left and time.monotonic() < deadline + 10:
+            left = [pid for pid in os.listdir("/proc") if pid.isdigit() and _uid_of(pid) >= isolation_module._UID_BASE]
+            time.sleep(0.1)
+        assert left == [], "the killed labeler's sandboxes outlived it"
+
+    ran = []
+    real = labeler_module.WorkerPool
+
+    class CountingPool(real):
+        def run(self, tasks, **kw):
+            tasks = list(tasks)
+            ran.extend(t["program"] for t in tasks)
+            return super().run(tasks, **kw)
+
+    monkeypatch.setattr(labeler_module, "WorkerPool", CountingPool)
+    gens = [Generation("t/add", i, "", p, "x", "x") for i, p in enumerate(programs)]
+    labels = label_candidates([CHECK], gens, params)
+    assert ran == [programs[-1]]
+    assert [l.status for l in labels] == ["passed"] * 31
+
+
+def _uid_of(pid: str) -> int:
+    try:
+        return os.stat(f"/proc/{pid}").st_uid
+    except OSError:
+        return -1

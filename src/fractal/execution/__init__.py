@@ -1,9 +1,20 @@
 """The hard verifier: runs model-written candidates in a sandbox and labels them.
 
-    labels = label_candidates(problems, generations, params)
+    labels = label_candidates(problems, generations, params)   # one Label per generation, in order
 
-See judge.py for how the verdict is kept out of the candidate's reach, isolation.py for
-the sandbox, worker.py for what runs inside it.
+How it fits together:
+- labeler.py: dedupes programs, looks labels up in the cache (cache.py), records each
+  problem's test calls (judge.plan_tests), runs the rest on a pool of warm sandboxed
+  workers (pool.py), judges what comes back (judge.judge), with a progress bar.
+- isolation.py: the bubblewrap sandbox each worker lives in (PID/net/IPC/UTS namespaces,
+  read-only filesystem, private size-limited /tmp and /dev/shm, hidden project and home);
+  refuses to run without it unless label.isolation is `none`.
+- worker.py: the worker, PID 1 of its sandbox; forks one child per candidate with rlimits
+  (address space relative to the worker, processes, file size, fds), enforces wall time
+  and output caps, and kills every process the candidate made.
+- judge.py: why no candidate can forge a pass - the tests run in the labeler against the
+  plain values the candidate returned - and the limits of that choice.
+- plain.py: the plain-data format values cross in.
 """
 from fractal.execution.labeler import label_candidates
 

@@ -2,7 +2,7 @@
 
 Keyed by sha256 of (labeler version, program, entry point, tests, reference, limits).
 SQLite in WAL mode: two label stages can read and write it at once, and every result is
-committed within a second, so a killed stage resumes where it stopped.
+committed within about a second, so a killed stage resumes where it stopped.
 """
 from __future__ import annotations
 
@@ -68,6 +68,10 @@ class LabelCache:
     def put(self, key: str, status: str, detail: str, duration: float) -> None:
         self.pending.append((key, status, detail, duration))
         if len(self.pending) >= 500 or time.monotonic() - self.last_flush > 1.0:
+            self.flush()
+
+    def flush_if_due(self) -> None:
+        if self.pending and time.monotonic() - self.last_flush > 0.5:
             self.flush()
 
     def flush(self) -> None:

@@ -107,7 +107,7 @@ def _execute(todo: list[tuple[str, Generation]], by_id: dict[str, Problem], para
         for preload, batch in _passes(tasks, params):
             pass_start = time.monotonic()
             with WorkerPool(params, min(n_workers, len(batch)), Path(params.cache_dir) / "logs", preload) as pool:
-                for task, header, payload in pool.run(batch):
+                for task, header, payload in pool.run(batch, idle=cache.flush_if_due):
                     plan = plans[task["problem_id"]]
                     if header.get("progress"):
                         if judge(plan, header, payload, task["time_limit"], partial=True) is not None:

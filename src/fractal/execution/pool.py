@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from fractal.execution import plain, worker as worker_module
 from fractal.execution.isolation import Sandbox, make_sandbox
@@ -161,7 +161,7 @@ class WorkerPool:
         for w in self.workers:
             w.kill(grace=5.0)
 
-    def run(self, tasks: Iterable[dict]) -> Iterator[tuple[dict, dict, bytes]]:
+    def run(self, tasks: Iterable[dict], idle: Callable[[], None] = lambda: None) -> Iterator[tuple[dict, dict, bytes]]:
         """Yields (task, header, payload) for every task, in completion order; before that,
         for slow tasks, progress items (header["progress"]) with the results so far."""
         pending = collections.deque(tasks)
@@ -178,7 +178,10 @@ class WorkerPool:
                         except (BrokenPipeError, OSError):
                             yield from self._replace(w, sel, pending, "worker died")
                             break
-                for key, _ in sel.select(timeout=0.5):
+                ready = sel.select(timeout=0.5)
+                if not ready:
+                    idle()  # nothing to read for a while: a chance to save what is done
+                for key, _ in ready:
                     w = key.data
                     frames = w._read_frames()
                     if frames is None:

@@ -182,7 +182,11 @@ def _child(task: dict, res_w: int, out_w: int, devnull: int) -> None:
     # sys.stdin/stdout/stderr already wrap fds 0, 1 and 2, now /dev/null and the output pipe.
     sys.argv = ["candidate.py"]
 
-    calls = json.loads(task["calls"])
+    # Decoded before the candidate runs, so nothing it patches touches the inputs; each
+    # call gets objects of its own, so a call that mutates its arguments changes no other.
+    from fractal_plain_decode import decode_plain  # type: ignore  # installed by main()
+
+    calls = [(decode_plain(args), decode_plain(kwargs)) for args, kwargs in json.loads(task["calls"])]
     try:
         code = compile(task["program"], "candidate.py", "exec")
     except (SyntaxError, ValueError, OverflowError) as e:  # ValueError: NUL bytes in source
@@ -214,12 +218,8 @@ def _child(task: dict, res_w: int, out_w: int, devnull: int) -> None:
     if fn is None:
         _frame({"x": "NameError"})
         return
-    from fractal_plain_decode import decode_plain  # type: ignore  # installed by main()
-
     for args, kwargs in calls:
         try:
-            args = decode_plain(args)
-            kwargs = decode_plain(kwargs)
             value = fn(*args, **kwargs)
             try:
                 encoded = encode_plain(value)
