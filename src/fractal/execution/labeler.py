@@ -125,8 +125,9 @@ def _execute(todo: list[tuple[str, Generation]], by_id: dict[str, Problem], para
                     passed += status == "passed"
                     bar.update(1)
                     bar.set_postfix(passed=passed, refresh=False)
+            heavy = preload[len(params.preload):]
             timings.append(f"{len(batch)} in {time.monotonic() - pass_start:.1f}s"
-                           + (f" (preloading {', '.join(preload[len(params.preload):])})" if len(preload) > len(params.preload) else ""))
+                           + (f" (preloading {len(heavy)} heavy modules)" if heavy else ""))
     elapsed = time.monotonic() - start
     print(f"label: ran {len(tasks)} programs in {elapsed:.1f}s ({len(tasks) / max(elapsed, 1e-9):.0f}/s) "
           f"on {n_workers} sandboxed workers; passes: {'; '.join(timings)}", file=sys.stderr)
@@ -158,20 +159,25 @@ def _imports(program: str) -> set[str]:
 
 def _passes(tasks: list[dict], params: LabelParams) -> list[tuple[list[str], list[dict]]]:
     """Light candidates first, from workers with the small preload; then those importing
-    a heavy module, from workers that preloaded the heavy modules they import."""
+    a heavy package, from workers that preloaded the packages (and the submodules of
+    them, like sklearn.metrics) that those candidates import."""
     heavy_tops = {m.split(".")[0] for m in params.preload_heavy}
     light, heavy, wanted = [], [], set()
     for task in tasks:
-        names = _imports(task["program"]) & heavy_tops
+        names = {n for n in _imports(task["program"]) if n.split(".")[0] in heavy_tops}
         if names:
             heavy.append(task)
-            wanted |= {m for m in params.preload_heavy if m.split(".")[0] in names}
+            wanted |= names
         else:
             light.append(task)
     passes = []
     if light:
         passes.append((list(params.preload), light))
     if heavy:
-        heavy_preload = [m for m in params.preload_heavy if m in wanted and importlib.util.find_spec(m.split(".")[0])]
-        passes.append((list(params.preload) + heavy_preload, heavy))
+        tops = {n for n in wanted if "." not in n and importlib.util.find_spec(n)}
+        listed = [m for m in params.preload_heavy if m.split(".")[0] in tops]
+        # Submodules only of installed allow-listed packages; a name that does not exist
+        # fails to import in the worker, which ignores it.
+        extra = sorted(n for n in wanted if "." in n and n.split(".")[0] in tops and n not in listed and n.count(".") <= 2)
+        passes.append((list(params.preload) + listed + extra, heavy))
     return passes
