@@ -1,7 +1,7 @@
 """A tiny Qwen2 model and its tokenizer, built offline from nothing, for tests and benchmarks.
 
-- The tokenizer is a byte-level BPE trained on a few lines of Python, with Qwen's special
-  tokens and a ChatML chat template like Qwen's, saved as a fast tokenizer.
+- The tokenizer is a byte-level BPE with Qwen2's pre-tokenization, trained on a few lines
+  of Python, with Qwen's special tokens and a ChatML chat template like Qwen's.
 - The model is a Qwen2ForCausalLM with random weights (heads of 64 dimensions, which
   vLLM's attention kernels support). Optionally it is taught a few answers first, a
   few hundred Adam steps on the CPU, so that sampling from it yields programs of which
@@ -18,6 +18,12 @@ from pathlib import Path
 from typing import Sequence
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+# Qwen2's pre-tokenization (single digits, byte-level). transformers 5 loads any qwen2 model
+# directory's tokenizer as Qwen2Tokenizer, which rebuilds this pipeline whatever
+# tokenizer.json says; with another one, the model would be taught one tokenization and
+# asked in another.
+QWEN2_PRETOKENIZE = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
 
 # ChatML, as Qwen2.5's template writes it, without tools.
 CHAT_TEMPLATE = (
@@ -40,13 +46,25 @@ CORPUS = [
 ]
 
 
-def build_tokenizer(corpus: Sequence[str] = (), vocab_size: int = 512):
-    """A byte-level BPE tokenizer (any text encodes, nothing is unknown) with a chat template."""
+def build_tokenizer(corpus: Sequence[str] = (), vocab_size: int = 512, pad_vocab_to: int = 0):
+    """A byte-level BPE tokenizer (any text encodes, nothing is unknown) with a chat template.
+
+    `pad_vocab_to`: fill the vocabulary up to this size with tokens no text encodes to but
+    every id decodes from (" w123"), so a model with a real model's vocabulary size
+    (151,936 for Qwen2.5) can sample any id and have it detokenized.
+    """
+    import json
+
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
+    from tokenizers import Regex
+
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(QWEN2_PRETOKENIZE), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
@@ -55,6 +73,12 @@ def build_tokenizer(corpus: Sequence[str] = (), vocab_size: int = 512):
         show_progress=False,
     )
     tok.train_from_iterator(list(CORPUS) + list(corpus), trainer)
+    if pad_vocab_to:
+        spec = json.loads(tok.to_str())
+        vocab = spec["model"]["vocab"]
+        for i in range(len(vocab), pad_vocab_to):
+            vocab[f"\u0120w{i}"] = i  # \u0120 is how byte-level BPE writes a leading space
+        tok = Tokenizer.from_str(json.dumps(spec))
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         eos_token="<|im_end|>",
@@ -108,7 +132,18 @@ def build_tiny_model(
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     _write_portable(out_dir)
+    _check_reloads_the_same(out_dir, tokenizer, texts or list(CORPUS))
     return out_dir
+
+
+def _check_reloads_the_same(out_dir: Path, tokenizer, texts: Sequence[str]) -> None:
+    from transformers import AutoTokenizer
+
+    loaded = AutoTokenizer.from_pretrained(out_dir)
+    for text in texts:
+        if loaded(text)["input_ids"] != tokenizer(text)["input_ids"]:
+            raise AssertionError(f"{out_dir}: the saved tokenizer ({type(loaded).__name__}) tokenizes {text[:40]!r} "
+                                 f"differently from the one the model was built with")
 
 
 def _teach(model, tokenizer, teach: Sequence[tuple[str, str]], steps: int) -> None:
@@ -127,12 +162,19 @@ def _teach(model, tokenizer, teach: Sequence[tuple[str, str]], steps: int) -> No
     labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in rows])
     attention = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in rows])
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
+    # One thread: ops this small gain nothing from more, and on a shared machine the
+    # threads' synchronisation makes each step ten times slower.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     model.train()
-    for _ in range(steps):
-        loss = model(input_ids=input_ids, attention_mask=attention, labels=labels).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    try:
+        for _ in range(steps):
+            loss = model(input_ids=input_ids, attention_mask=attention, labels=labels).loss
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    finally:
+        torch.set_num_threads(threads)
     model.eval()
 
 

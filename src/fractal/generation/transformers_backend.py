@@ -12,6 +12,7 @@ torch and transformers are imported only when this backend runs.
 """
 from __future__ import annotations
 
+import time
 from typing import Any, Iterator
 
 from tqdm import tqdm
@@ -50,6 +51,7 @@ class TransformersBackend:
         model.generation_config = GenerationConfig(eos_token_id=eos_ids, pad_token_id=pad_id)
         print(f"generate: transformers on {device} ({str(dtype).removeprefix('torch.')}): {describe(params)}")
 
+        start, n_samples, n_tokens = time.perf_counter(), 0, 0
         for problem in tqdm(problems, desc="generate", unit="problem"):
             prompt_text = render_prompt(problem, params.prompt_style, tokenizer, params.model)
             prompt_ids = encode_prompt(tokenizer, prompt_text, params.prompt_style)
@@ -75,6 +77,10 @@ class TransformersBackend:
                         n_tokens=lengths[r],
                     )
                 first += rows
+                n_samples, n_tokens = n_samples + rows, n_tokens + sum(lengths)
+        seconds = time.perf_counter() - start
+        print(f"generate: transformers sampled {n_samples} samples ({n_tokens} tokens) in {seconds:.1f} s: "
+              f"{n_samples / max(seconds, 1e-9):.2f} samples/s, {n_tokens / max(seconds, 1e-9):.0f} tokens/s")
 
 
 def _device(name: str) -> str:

@@ -14,6 +14,7 @@ vllm is imported only when this backend runs (`pip install 'fractal[gpu]'`).
 """
 from __future__ import annotations
 
+import time
 from typing import Any, Iterator
 
 from fractal.generation.model_source import resolve_model
@@ -33,6 +34,7 @@ class VLLMBackend:
         output length). The pipeline's stage passes none."""
         self.engine_args = dict(engine_args or {})
         self.sampling_args = dict(sampling_args or {})
+        self.timings: dict[str, float] = {}  # of the last run: engine start and sampling, in seconds
 
     def generate(self, problems: list[Problem], params: GenerateParams) -> Iterator[Generation]:
         require_valid(params)
@@ -58,12 +60,21 @@ class VLLMBackend:
             engine["max_model_len"] = params.max_model_len
         engine.update(self.engine_args)
         print(f"generate: vllm: {describe(params)}")
+        t0 = time.perf_counter()
         llm = LLM(**engine)
+        t1 = time.perf_counter()
         sampling = [
             SamplingParams(**sampling_args(params, problem_seed(params.seed, p.problem_id)), **self.sampling_args)
             for p in problems
         ]
         outputs = llm.generate(requests, sampling, use_tqdm=True)
+        t2 = time.perf_counter()
+        self.timings = {"engine_start_s": t1 - t0, "sampling_s": t2 - t1}
+        n_samples = sum(len(o.outputs) for o in outputs)
+        n_tokens = sum(len(c.token_ids) for o in outputs for c in o.outputs)
+        print(f"generate: vllm sampled {n_samples} samples ({n_tokens} tokens) in {t2 - t1:.1f} s: "
+              f"{n_samples / max(t2 - t1, 1e-9):.1f} samples/s, {n_tokens / max(t2 - t1, 1e-9):.0f} tokens/s "
+              f"(engine start {t1 - t0:.1f} s)")
         yield from records(problems, prompt_texts, outputs, params, self.name)
 
 
