@@ -129,9 +129,10 @@ def _stop_criteria(tokenizer: Any, stops: list[str], eos_ids: list[int], prompt_
 
         def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
             n_new = input_ids.shape[1] - prompt_len
+            last = input_ids[:, -1].tolist()  # one device-to-host copy per step, not one per row
             open_rows = [r for r in range(rows) if self.ended_at[r] is None]
             for r in open_rows:
-                if int(input_ids[r, -1]) in eos_ids:
+                if last[r] in eos_ids:
                     self.ended_at[r] = n_new
             if stops:
                 open_rows = [r for r in open_rows if self.ended_at[r] is None]
@@ -186,5 +187,5 @@ def _score(model: Any, tokens: Any, prompt_len: int, lengths: list[int]) -> list
         token_lp = torch.log_softmax(logits, dim=-1).gather(-1, seq[:, prompt_len:, None]).squeeze(-1)
         keep = torch.arange(n_new, device=seq.device)[None, :] < torch.tensor(lengths[start: start + chunk],
                                                                               device=seq.device)[:, None]
-        sums.extend((token_lp * keep).sum(dim=1).tolist())
+        sums.extend(torch.where(keep, token_lp, 0.0).sum(dim=1).tolist())
     return sums
