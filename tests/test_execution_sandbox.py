@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import socket
 import tempfile
 import threading
@@ -636,6 +637,7 @@ def world(tmp_path_factory):
     listener = Listener()
     yield {"base": base, "project": project, "victim": victim, "listener": listener}
     listener.close()
+    shutil.rmtree(victim, ignore_errors=True)
 
 
 MARKERS = ["/tmp/fractal-pwned", "/var/tmp/fractal-pwned", "/etc/fractal-pwned", "/usr/lib/fractal-pwned",
