@@ -91,13 +91,13 @@ class TrainParams:
     val_fraction: float = 0.2  # of the fitting problems, held out (by problem) for early stopping
     max_length: int = 384  # tokens of prompt + program; the prompt is cut first
     prompt_tokens: int = 128  # at most this many tokens of the prompt are kept
-    features: list[str] = dataclasses.field(default_factory=lambda: ["embedding", "centered", "consensus"])  # head only
+    features: list[str] = dataclasses.field(default_factory=lambda: ["consensus"])  # head only
     epochs: int = 30
     patience: int = 5  # epochs without a better validation AUROC before stopping
     batch_size: int = 64
     lr: float = 1e-3
     weight_decay: float = 0.01
-    hidden: int = 256  # head: hidden units of the MLP (0: logistic regression)
+    hidden: int = 16  # head: hidden units of the MLP (0: logistic regression)
     dropout: float = 0.1
     balance: bool = True  # weight classes inversely to their frequency
     seed: int = 0

@@ -100,6 +100,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tmp)
     try:
         yield tmp
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; outputs are for everyone to read
         os.replace(tmp, path)
     finally:
         if tmp.exists():

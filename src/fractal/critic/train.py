@@ -161,7 +161,7 @@ def train_fold(fold: Fold, index_of: dict[str, list[int]], labels: np.ndarray, b
                "val_auroc": auroc(p_val, y_val), "val_accuracy": float(np.mean((p_val > 0.5) == y_val)),
                "seconds": round(time.time() - t0, 2)}
         history.append(row)
-        improved = not math.isnan(row["val_auroc"]) and row["val_auroc"] > best_auroc
+        improved = row["val_auroc"] is not None and not math.isnan(row["val_auroc"]) and row["val_auroc"] > best_auroc
         if improved or best_epoch < 0:
             best_auroc, best_epoch = (row["val_auroc"] if improved else best_auroc), epoch
             with atomic_path(run_dir / "best.pt") as tmp:
