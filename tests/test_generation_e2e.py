@@ -16,30 +16,13 @@ import yaml
 
 from fractal.benchmarks import load_mbpp
 from fractal.records import Generation, Label, read_jsonl
+from repo_copy import copy_repo as _copy_repo
 from tiny_model import build_tiny_model
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parent.parent
 LIMIT = 12  # MBPP's first 12 problems by id: 7 few-shot prompt problems (skipped) and 5 test problems
-
-
-def _copy_repo(dst: Path) -> None:
-    """The files git would hand a fresh clone, plus untracked files it does not ignore."""
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-                            cwd=REPO, capture_output=True, check=True).stdout.decode().split("\0")
-    for rel in filter(None, listed):
-        src = REPO / rel
-        if src.is_file():
-            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dst / rel)
-    for rel in (".dvc/config", ".dvcignore"):  # in case they are not tracked yet
-        if (REPO / rel).is_file() and not (dst / rel).exists():
-            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / rel, dst / rel)
-    subprocess.run(["git", "init", "-q"], cwd=dst, check=True)
-    if not (dst / ".dvc").is_dir():
-        subprocess.run(["dvc", "init", "-q"], cwd=dst, check=True)
 
 
 def _tiny_profile(model_dir: Path) -> dict:

@@ -3,13 +3,13 @@
   fractal run STAGE      run stages/STAGE.py where the executor says (local by default),
                          recorded as an MLflow run; this is what dvc.yaml calls
   fractal profile NAME   use profiles/NAME.yaml as params.yaml
+  fractal check [FILE]   validate params.yaml or a profile without running anything
   fractal lambda ...     Lambda Cloud instances: launch, wait, ssh-config, sync, status, terminate
   fractal lineage ...    where a metric or checkpoint came from
 """
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 from pathlib import Path
 
@@ -34,6 +34,33 @@ def _profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check(args: argparse.Namespace) -> int:
+    """Validates a params file without running anything (no GPU or download needed)."""
+    from fractal import params
+    from fractal.generation.check import check_generate
+    from fractal.generation.model_source import check_model_spec
+
+    errors, notes, loaded = [], [], {}
+    for section in params.SECTIONS:
+        try:
+            loaded[section] = params.load(section, args.params)
+        except params.ParamsError as e:
+            errors.append(str(e))
+    if "generate" in loaded:
+        found = check_generate(loaded["generate"])
+        errors += found.errors
+        notes += found.notes
+    if "train" in loaded and loaded["train"].backbone != "minilm":
+        problem = check_model_spec(loaded["train"].backbone, "train.backbone")
+        errors += [problem] if problem else []
+    for note in notes:
+        print(f"note: {note}")
+    for error in errors:
+        print(f"error: {error}", file=sys.stderr)
+    print(f"{args.params}: {'ok' if not errors else f'{len(errors)} error(s)'}")
+    return 1 if errors else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fractal", description="best-of-N code selection with a learned critic")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -44,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     profile = sub.add_parser("profile", help="copy profiles/NAME.yaml over params.yaml")
     profile.add_argument("name")
     profile.set_defaults(func=_profile)
+    check = sub.add_parser("check", help="validate params.yaml (or a profile) without running anything")
+    check.add_argument("params", nargs="?", default="params.yaml")
+    check.set_defaults(func=_check)
     from fractal.remote.cli import add_lambda_parser  # `fractal lambda ...`
     add_lambda_parser(sub)
     return parser

@@ -1,0 +1,26 @@
+"""A copy of this repository in a temporary folder, as a fresh clone would have it."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def copy_repo(dst: Path) -> None:
+    """The files git would hand a fresh clone, plus untracked files it does not ignore."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                            cwd=REPO, capture_output=True, check=True).stdout.decode().split("\0")
+    for rel in filter(None, listed):
+        src = REPO / rel
+        if src.is_file():
+            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst / rel)
+    for rel in (".dvc/config", ".dvcignore"):  # in case they are not tracked yet
+        if (REPO / rel).is_file() and not (dst / rel).exists():
+            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / rel, dst / rel)
+    subprocess.run(["git", "init", "-q"], cwd=dst, check=True)
+    if not (dst / ".dvc").is_dir():
+        subprocess.run(["dvc", "init", "-q"], cwd=dst, check=True)

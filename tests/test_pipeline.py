@@ -1,0 +1,54 @@
+"""End to end with the default (replay) profile, shrunk: a real `dvc repro` in a copy of the
+repository, then what DVC reruns when a param changes."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from repo_copy import REPO, copy_repo
+
+pytestmark = pytest.mark.slow
+
+
+def dvc(repo: Path, *args: str) -> str:
+    env = {**os.environ, "FRACTAL_EXECUTOR": "local", "HF_HUB_OFFLINE": "1"}
+    run = subprocess.run(["dvc", *args], cwd=repo, env=env, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, f"dvc {' '.join(args)} failed:\n{run.stdout[-4000:]}\n{run.stderr[-4000:]}"
+    return run.stdout + run.stderr
+
+
+def ran(output: str) -> list[str]:
+    return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")]
+
+
+def test_tiny_default_profile_end_to_end(tmp_path):
+    repo = tmp_path / "repo"
+    copy_repo(repo)
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["prepare"]["limit"] = 12
+    params["generate"]["n"] = 10
+    params["train"].update(folds=3, epochs=4, patience=2, batch_size=16)
+    params["rank"].update(ks=[1, 2, 5, 10], bootstrap=200)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    subprocess.run(["git", "add", "-A"], cwd=repo, check=True)
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny"], cwd=repo, check=True)
+
+    first = dvc(repo, "repro")
+    assert ran(first) == ["prepare", "generate", "label", "train", "rank"]
+    label = json.loads((repo / "metrics/label.json").read_text())
+    assert label["all"]["candidates"] == 120 and 0 < label["all"]["pass_rate"] < 1
+    rank = json.loads((repo / "metrics/rank.json").read_text())
+    assert rank["n_problems"] == 12 and rank["n_samples_per_problem"] == 10
+    assert rank["random_pass_at_1"]["value"] <= rank["oracle_pass_at_n"]["value"]
+    assert (repo / "models/critic/critic.json").exists() and list((repo / "plots/rank").iterdir())
+
+    assert ran(dvc(repo, "repro")) == []  # nothing changed: nothing runs
+    assert "rank.json" in dvc(repo, "metrics", "show")
+
+    assert ran(dvc(repo, "exp", "run", "-S", "train.seed=1")) == ["train", "rank"]
+    assert ran(dvc(repo, "exp", "run", "-S", "generate.n=8")) == ["generate", "label", "train", "rank"]
