@@ -56,7 +56,8 @@ def test_split_protocol_fits_on_fit_splits_and_scores_eval_splits():
 
 def test_head_critic_learns_and_is_repeatable(tmp_path):
     problems, generations, labels = toy_data()
-    params = TrainParams(folds=2, epochs=15, patience=15, batch_size=16, lr=3e-3, hidden=32)
+    params = TrainParams(folds=2, epochs=15, patience=15, batch_size=16, lr=3e-3, hidden=32,
+                         features=["embedding", "centered", "consensus"])
     a = fit_and_score(problems, generations, labels, params, tmp_path / "a")
     b = fit_and_score(problems, generations, labels, params, tmp_path / "b")
     assert [s.score for s in a.scores] == [s.score for s in b.scores]
