@@ -244,7 +244,7 @@ def add(a, b):
     hog = []
     while True:
         hog.append(' ' * (16 * 1024 * 1024))
-""", "memory"),
+""", ("memory", "timeout")),  # on a loaded machine page faults are slow: the wall limit may stop it first
     C("c_stack_overflow", """
 import sys
 sys.setrecursionlimit(10 ** 8)
