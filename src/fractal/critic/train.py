@@ -25,14 +25,8 @@ from tqdm import tqdm
 
 from fractal.critic.folds import Fold
 from fractal.params import TrainParams
+from fractal.ranking import auroc  # None when the validation problems have one class only
 from fractal.records import atomic_path
-
-
-def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Area under the ROC curve (Mann-Whitney, ties count half); nan with one class only."""
-    from fractal.ranking import auroc as _auroc
-
-    return _auroc(scores, labels)
 
 
 class Head(nn.Module):
