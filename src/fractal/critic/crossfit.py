@@ -4,6 +4,10 @@
 token ids for fine-tuning), then trains one critic per fold (critic/folds.py) with the
 loop in critic/train.py; every scored candidate comes from a critic that never saw its
 problem.
+
+The inputs and the models are built by `build_inputs` and `build_model` from the critic's
+config (what critic.json records), so the scorer (critic/scorer.py) rebuilds exactly what
+was trained.
 """
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ import hashlib
 import json
 from collections import defaultdict
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -43,21 +48,93 @@ def run_key(params: TrainParams, problems: list[Problem], generations: list[Gene
     return h.hexdigest()[:16]
 
 
-def _device(params: TrainParams) -> tuple[str, torch.dtype | None]:
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    precision = params.precision
+AUTOCAST: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_device(precision: str, device: str | None = None) -> tuple[str, str, torch.dtype | None]:
+    """(device, precision, autocast dtype): the GPU when there is one, and `auto` precision
+    as bf16 there and fp32 on the CPU."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if precision == "auto":
-        precision = "bf16" if device == "cuda" else "fp32"
-    autocast = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, "bad")
-    if autocast == "bad":
-        raise ParamsError(f"params.yaml: `train.precision` is {params.precision!r}; choose auto, fp32, bf16 or fp16")
-    return device, autocast
+        precision = "bf16" if device.startswith("cuda") else "fp32"
+    if precision not in AUTOCAST:
+        raise ParamsError(f"params.yaml: `train.precision` is {precision!r}; choose auto, fp32, bf16 or fp16")
+    return device, precision, AUTOCAST[precision]
+
+
+def critic_config(params: TrainParams, precision: str) -> dict:
+    """What critic.json records: everything build_inputs, build_model and the scorer need to
+    rebuild the critic and feed it the same inputs (the folds are added once made)."""
+    return {"backbone": params.backbone, "method": params.method, "features": params.features,
+            "max_length": params.max_length, "prompt_tokens": params.prompt_tokens, "hidden": params.hidden,
+            "dropout": params.dropout, "lora_r": params.lora_r, "batch_size": params.batch_size,
+            "embed_batch_size": params.embed_batch_size, "precision": precision}
+
+
+@dataclass
+class Inputs:
+    """The critic's inputs for a list of candidates, one row (or token sequence) each."""
+    batches: Batches
+    features: torch.Tensor | None = None  # head: the feature matrix
+    pad_token_id: int | None = None  # full / lora
+
+
+def build_inputs(config: dict, problem_of: dict[str, Problem], generations: list[Generation],
+                 cache_dir: str | Path) -> Inputs:
+    """Head: cached frozen embeddings (in `cache_dir`) turned into features; full / lora: token
+    ids, batched by length. Features of a candidate depend on every candidate of its problem
+    in `generations` (critic/features.py)."""
+    if config["method"] not in METHODS:
+        raise ParamsError(f"params.yaml: `train.method` is {config['method']!r}; choose {', '.join(METHODS)}")
+    items = [critic_input(problem_of[g.problem_id], g) for g in generations]
+    tokenizer = load_tokenizer(config["backbone"])
+    if config["method"] == "head":
+        n_tokens = [len(tokenizer.encode(it.code, add_special_tokens=False)) for it in items]
+        emb = embed(items, config["backbone"], config["max_length"], config["prompt_tokens"],
+                    config["embed_batch_size"], cache_dir)
+        x = torch.tensor(build_features(emb, [g.problem_id for g in generations], [it.code for it in items],
+                                        n_tokens, config["features"]))
+        return Inputs(Batches(make=lambda b: {"x": x[b]}), features=x)
+
+    ids = [encode(tokenizer, it, config["max_length"], config["prompt_tokens"]) for it in items]
+    lengths = np.array([len(t) for t in ids])
+    pad = tokenizer.pad_token_id
+
+    def make(b: list[int]) -> dict:
+        width = max(lengths[b])
+        input_ids = torch.full((len(b), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(b), width), dtype=torch.long)
+        for r, i in enumerate(b):
+            input_ids[r, :lengths[i]] = torch.tensor(ids[i])
+            mask[r, :lengths[i]] = 1
+        return {"input_ids": input_ids, "attention_mask": mask}
+
+    return Inputs(Batches(make=make, lengths=lengths), pad_token_id=pad)
+
+
+def build_model(config: dict, inputs: Inputs, fit: list[int] | None = None) -> torch.nn.Module:
+    """A fresh critic for these inputs. Head: standardised on the `fit` rows; without them
+    the standardisation is left to the checkpoint's buffers (mean, std) to fill."""
+    if config["method"] == "head":
+        x = inputs.features
+        if fit is None:
+            mean, std = np.zeros(x.shape[1]), np.ones(x.shape[1])
+        else:
+            mean, std = x[fit].mean(0).numpy(), x[fit].std(0).numpy() + 1e-6
+        return Head(x.shape[1], config["hidden"], config["dropout"], mean, std)
+    model = load_classifier(config["backbone"], inputs.pad_token_id)
+    if config["method"] == "lora":
+        try:
+            from peft import LoraConfig, TaskType, get_peft_model
+        except ImportError:
+            raise ParamsError("train.method=lora needs peft (pip install 'fractal[gpu]')") from None
+        model = get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, r=config["lora_r"],
+                                                  lora_alpha=2 * config["lora_r"], lora_dropout=config["dropout"]))
+    return _LogitsOnly(model)
 
 
 def fit_and_score(problems: list[Problem], generations: list[Generation], labels: list[Label],
                   params: TrainParams, work_dir: str | Path) -> CriticRun:
-    if params.method not in METHODS:
-        raise ParamsError(f"params.yaml: `train.method` is {params.method!r}; choose {', '.join(METHODS)}")
     torch.manual_seed(params.seed)
     work_dir = Path(work_dir)
     problem_of = {p.problem_id: p for p in problems}
@@ -72,63 +149,20 @@ def fit_and_score(problems: list[Problem], generations: list[Generation], labels
         index_of[g.problem_id].append(i)
     folds = make_folds([problem_of[pid] for pid in index_of], params.folds, params.fit_splits,
                        params.eval_splits, params.val_fraction, params.seed)
-    items = [critic_input(problem_of[g.problem_id], g) for g in generations]
-    device, autocast = _device(params)
+    device, precision, autocast = resolve_device(params.precision)
+    config = critic_config(params, precision)
     torch.set_num_threads(max(torch.get_num_threads(), 1))
-
-    if params.method == "head":
-        tokenizer = load_tokenizer(params.backbone)
-        n_tokens = [len(tokenizer.encode(it.code, add_special_tokens=False)) for it in items]
-        emb = embed(items, params.backbone, params.max_length, params.prompt_tokens,
-                    params.embed_batch_size, work_dir.parent / "embeddings")
-        x = torch.tensor(build_features(emb, [g.problem_id for g in generations], [it.code for it in items],
-                                        n_tokens, params.features))
-        batches = Batches(make=lambda b: {"x": x[b]})
-
-        def model_for(fold):
-            fit = [i for pid in fold.fit for i in index_of[pid]]
-            mean, std = x[fit].mean(0).numpy(), x[fit].std(0).numpy() + 1e-6
-            return lambda: Head(x.shape[1], params.hidden, params.dropout, mean, std)
-    else:
-        tokenizer = load_tokenizer(params.backbone)
-        ids = [encode(tokenizer, it, params.max_length, params.prompt_tokens) for it in items]
-        lengths = np.array([len(t) for t in ids])
-        pad = tokenizer.pad_token_id
-
-        def make(b: list[int]) -> dict:
-            width = max(lengths[b])
-            input_ids = torch.full((len(b), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(b), width), dtype=torch.long)
-            for r, i in enumerate(b):
-                input_ids[r, :lengths[i]] = torch.tensor(ids[i])
-                mask[r, :lengths[i]] = 1
-            return {"input_ids": input_ids, "attention_mask": mask}
-
-        batches = Batches(make=make, lengths=lengths)
-
-        def model_for(fold):
-            def build():
-                model = load_classifier(params.backbone, pad)
-                if params.method == "lora":
-                    try:
-                        from peft import LoraConfig, TaskType, get_peft_model
-                    except ImportError:
-                        raise ParamsError("train.method=lora needs peft (pip install 'fractal[gpu]')") from None
-                    model = get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, r=params.lora_r,
-                                                              lora_alpha=2 * params.lora_r, lora_dropout=params.dropout))
-                return _LogitsOnly(model)
-            return build
+    inputs = build_inputs(config, problem_of, generations, work_dir.parent / "embeddings")
 
     results = []
     for fold in folds:
-        results.append(train_fold(fold, index_of, y, model_for(fold), batches, params,
-                                  work_dir / f"fold-{fold.index}", device, autocast))
+        fit = [i for pid in fold.fit for i in index_of[pid]]
+        results.append(train_fold(fold, index_of, y, partial(build_model, config, inputs, fit), inputs.batches,
+                                  params, work_dir / f"fold-{fold.index}", device, autocast))
     scores = [Score(problem_id=generations[i].problem_id, sample=generations[i].sample, score=s, fold=r.fold)
               for r in results for i, s in sorted(r.scores.items())]
     scores.sort(key=lambda s: (s.problem_id, s.sample))
-    config = {"backbone": params.backbone, "method": params.method, "features": params.features,
-              "max_length": params.max_length, "prompt_tokens": params.prompt_tokens, "hidden": params.hidden,
-              "folds": [asdict(f) for f in folds]}
+    config["folds"] = [asdict(f) for f in folds]
     return CriticRun(scores, results, config)
 
 

@@ -74,8 +74,10 @@ def _epoch_batches(indices: list[int], batch_size: int, rng: np.random.Generator
     return batches
 
 
-def _predict(model: nn.Module, batches: Batches, indices: list[int], batch_size: int,
+def predict(model: nn.Module, batches: Batches, indices: list[int], batch_size: int,
              device: str, autocast: torch.dtype | None) -> np.ndarray:
+    """The critic's probabilities (sigmoid of its logits) for the candidates `indices`, in
+    their order; batched by length when the batches know the lengths."""
     model.eval()
     out = np.zeros(len(indices), dtype=np.float64)
     order = np.argsort(batches.lengths[indices]) if batches.lengths is not None else np.arange(len(indices))
@@ -147,7 +149,7 @@ def train_fold(fold: Fold, index_of: dict[str, list[int]], labels: np.ndarray, b
             total += loss.item() * len(b)
             if kill_at and epoch * steps_per_epoch + step + 1 == kill_at:
                 os.kill(os.getpid(), signal.SIGKILL)
-        p_val = _predict(model, batches, val, params.batch_size, device, autocast)
+        p_val = predict(model, batches, val, params.batch_size, device, autocast)
         y_val = labels[val]
         eps = 1e-7
         val_loss = float(-np.mean(y_val * np.log(p_val + eps) + (1 - y_val) * np.log(1 - p_val + eps)))
@@ -168,5 +170,5 @@ def train_fold(fold: Fold, index_of: dict[str, list[int]], labels: np.ndarray, b
 
     best = torch.load(run_dir / "best.pt", map_location=device, weights_only=False)
     model.load_state_dict(best["model"])
-    p_scored = _predict(model, batches, scored, params.batch_size, device, autocast)
+    p_scored = predict(model, batches, scored, params.batch_size, device, autocast)
     return FoldResult(fold.index, best_epoch + 1, history, dict(zip(scored, p_scored.tolist())))
