@@ -3,6 +3,7 @@ resumes to the same result as an uninterrupted one."""
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,8 +12,9 @@ import numpy as np
 import pytest
 import yaml
 
-from fractal.critic.crossfit import fit_and_score
+from fractal.critic.crossfit import export, fit_and_score
 from fractal.critic.folds import make_folds
+from fractal.critic.scorer import NEW_PROBLEM_FOLD, load_critic
 from fractal.params import TrainParams
 from fractal.records import Generation, Label, Problem, write_jsonl
 
@@ -104,3 +106,106 @@ def test_killed_train_resumes_to_the_same_result(tmp_path):
     assert second.returncode == 0, second.stderr[-2000:]
     assert "fold 0: resuming after epoch 1" in second.stdout
     assert result(killed) == result(whole)
+
+
+# --- A trained critic loaded from its exported directory scores like the train stage ---
+
+@pytest.fixture(scope="module")
+def runs_dir(tmp_path_factory):
+    # Work dirs are siblings so every head critic shares one embedding cache (work_dir.parent).
+    return tmp_path_factory.mktemp("critic-runs")
+
+
+def train_and_export(runs_dir: Path, name: str, params: TrainParams, n_problems: int = 6):
+    problems, generations, labels = toy_data(n_problems, 6)
+    run = fit_and_score(problems, generations, labels, params, runs_dir / name)
+    export(run, runs_dir / name, runs_dir / f"{name}-critic")
+    return problems, generations, run, runs_dir / f"{name}-critic"
+
+
+def assert_same_scores(got, want, tol=1e-6):
+    assert [(s.problem_id, s.sample, s.fold) for s in got] == [(s.problem_id, s.sample, s.fold) for s in want]
+    assert max(abs(a.score - b.score) for a, b in zip(got, want)) <= tol
+
+
+@pytest.mark.parametrize("features,folds", [(["embedding"], 2), (["centered"], 3), (["consensus"], 2),
+                                            (["embedding", "centered", "consensus"], 2)])
+def test_loaded_head_critic_gives_the_train_stage_scores(runs_dir, features, folds):
+    params = TrainParams(folds=folds, epochs=3, patience=3, batch_size=16, lr=3e-3, hidden=8, features=features)
+    problems, generations, run, critic_dir = train_and_export(runs_dir, f"head-{'-'.join(features)}", params)
+    critic = load_critic(critic_dir, device="cpu")
+    assert critic.config["features"] == features
+    got = critic.score(problems, generations, cache_dir=runs_dir / "embeddings")
+    assert len(got) == len(generations) and {s.fold for s in got} == set(range(folds))
+    assert_same_scores(got, run.scores)
+    # Shuffled input order, same answer: scores follow (problem_id, sample), not the input order.
+    shuffled = random.Random(1).sample(generations, len(generations))
+    assert_same_scores(critic.score(problems, shuffled, cache_dir=runs_dir / "embeddings"), run.scores)
+
+
+def test_loaded_head_critic_embeds_afresh_without_a_cache(runs_dir):
+    params = TrainParams(folds=2, epochs=3, patience=3, batch_size=16, lr=3e-3, hidden=8,
+                         features=["embedding", "consensus"])
+    problems, generations, run, critic_dir = train_and_export(runs_dir, "head-nocache", params)
+    assert_same_scores(load_critic(critic_dir, device="cpu").score(problems, generations), run.scores)
+
+
+def test_loaded_full_critic_gives_the_train_stage_scores(runs_dir):
+    from tiny_model import build_tiny_model
+
+    backbone = build_tiny_model(runs_dir / "tiny-model")
+    params = TrainParams(backbone=str(backbone), method="full", folds=2, epochs=2, patience=2, batch_size=8,
+                         max_length=64, prompt_tokens=16)
+    problems, generations, run, critic_dir = train_and_export(runs_dir, "full", params)
+    got = load_critic(critic_dir, device="cpu").score(problems, generations)
+    assert_same_scores(got, run.scores)
+
+
+
+def test_loaded_lora_critic_gives_the_train_stage_scores(runs_dir):
+    pytest.importorskip("peft", reason="train.method=lora needs peft, in the gpu extra (pip install 'fractal[gpu]')")
+    from tiny_model import build_tiny_model
+
+    backbone = build_tiny_model(runs_dir / "tiny-model-lora")
+    params = TrainParams(backbone=str(backbone), method="lora", lora_r=4, folds=2, epochs=2, patience=2, batch_size=8,
+                         lr=1e-2, max_length=64, prompt_tokens=16)
+    problems, generations, run, critic_dir = train_and_export(runs_dir, "lora", params)
+    got = load_critic(critic_dir, device="cpu").score(problems, generations)
+    assert_same_scores(got, run.scores)
+
+
+def test_new_problems_get_the_mean_of_all_folds(runs_dir):
+    params = TrainParams(folds=2, epochs=3, patience=3, batch_size=16, lr=3e-3, hidden=8, features=["consensus"])
+    _, _, run, critic_dir = train_and_export(runs_dir, "head-new", params, n_problems=6)
+    problems, generations, _ = toy_data(8, 6)  # toy/6 and toy/7 are new; toy/0..5 as trained
+    cache = runs_dir / "embeddings"
+    got = load_critic(critic_dir, device="cpu").score(problems, generations, cache_dir=cache)
+    old = [s for s in got if s.problem_id not in ("toy/6", "toy/7")]
+    assert_same_scores(old, run.scores)
+    new = [s for s in got if s.problem_id in ("toy/6", "toy/7")]
+    assert len(new) == 12 and all(s.fold == NEW_PROBLEM_FOLD for s in new)
+
+    # Each fold's own score of the new problems: a copy of the critic that says fold k scored them.
+    per_fold = []
+    for k in range(2):
+        copy = runs_dir / f"head-new-as-fold-{k}"
+        shutil.copytree(critic_dir, copy)
+        config = json.loads((copy / "critic.json").read_text())
+        config["folds"][k]["scored"] += ["toy/6", "toy/7"]
+        (copy / "critic.json").write_text(json.dumps(config))
+        as_k = [s for s in load_critic(copy, device="cpu").score(problems, generations, cache_dir=cache)
+                if s.problem_id in ("toy/6", "toy/7")]
+        assert all(s.fold == k for s in as_k)
+        per_fold.append(np.array([s.score for s in as_k]))
+    assert not np.allclose(per_fold[0], per_fold[1])  # two different critics, so the mean means something
+    np.testing.assert_allclose([s.score for s in new], (per_fold[0] + per_fold[1]) / 2, rtol=0, atol=1e-12)
+
+
+def test_load_critic_names_the_missing_file(runs_dir, tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"critic\.json: missing.*dvc pull models/critic"):
+        load_critic(tmp_path)
+    params = TrainParams(folds=2, epochs=1, patience=1, batch_size=16, hidden=0, features=["consensus"])
+    _, _, _, critic_dir = train_and_export(runs_dir, "head-missing", params)
+    (critic_dir / "fold-1" / "best.pt").unlink()
+    with pytest.raises(FileNotFoundError, match=r"fold-1/best\.pt: missing.*dvc repro train"):
+        load_critic(critic_dir)

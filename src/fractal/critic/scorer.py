@@ -1,0 +1,145 @@
+"""Scoring candidates with a trained critic loaded from its directory (models/critic, or
+the copy MLflow registers: critic.json and each fold's best.pt are all it needs).
+
+The inputs and models are rebuilt with the functions the train stage used
+(crossfit.build_inputs, crossfit.build_model, train.predict), so on the same problems and
+generations the scores equal data/scores.jsonl:
+- a problem that a fold scored in cross-fitting is scored by that fold's best model
+  (Score.fold is that fold), so the score still comes from a critic that never saw it;
+- a problem no fold scored (a new problem, or one the folds=0 protocol fitted on) gets the
+  mean of every fold's best model's probability, with Score.fold = NEW_PROBLEM_FOLD (-1).
+
+Head critics judge a candidate against its siblings (critic/features.py), so pass every
+candidate of a problem: a subset gets other features, hence other scores.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from fractal.critic.crossfit import METHODS, Inputs, build_inputs, build_model, resolve_device
+from fractal.critic.train import predict
+from fractal.params import TrainParams
+from fractal.records import Generation, Problem, Score
+
+NEW_PROBLEM_FOLD = -1  # Score.fold of a score averaged over all folds' critics
+
+_REQUIRED = ("backbone", "method", "features", "max_length", "prompt_tokens", "hidden", "folds")
+# critic.json written before these keys were recorded: the train params' defaults then,
+# which were the only values any exported critic could have been built with unless
+# params.yaml overrode them (dropout and lora_r only shape training; the batch sizes and
+# precision change scores within float tolerance at most).
+_OLDER_DEFAULTS = {"dropout": TrainParams.dropout, "lora_r": TrainParams.lora_r, "batch_size": TrainParams.batch_size,
+                   "embed_batch_size": TrainParams.embed_batch_size, "precision": "auto"}
+_HOW_TO_GET = "run `dvc pull models/critic` to fetch it, or `dvc repro train` to train it"
+
+
+class Critic:
+    """A trained critic: one model per cross-fitting fold, loaded a fold at a time when scoring."""
+
+    def __init__(self, directory: Path, config: dict, device: str):
+        self.directory = directory
+        self.config = config  # critic.json
+        self.device, self.precision, self._autocast = resolve_device(config["precision"], device)
+
+    def score(self, problems: list[Problem], generations: list[Generation],
+              cache_dir: str | Path | None = None) -> list[Score]:
+        """One Score per generation, sorted by (problem_id, sample) like the train stage's.
+
+        `cache_dir`: the embedding cache of the head critic (the train stage's is
+        .fractal/train/embeddings; passing it reuses what training embedded). None embeds
+        into a temporary directory that is removed afterwards.
+        """
+        problem_of = {p.problem_id: p for p in problems}
+        unknown = next((g for g in generations if g.problem_id not in problem_of), None)
+        if unknown is not None:
+            raise ValueError(f"{unknown.problem_id} sample {unknown.sample}: its problem is not among the problems "
+                             f"given to Critic.score; pass the problems the generations were made for")
+        if not generations:
+            return []
+        index_of: dict[str, list[int]] = defaultdict(list)
+        for i, g in enumerate(generations):
+            index_of[g.problem_id].append(i)
+        fold_of = {pid: f["index"] for f in self.config["folds"] for pid in f["scored"]}
+        new = [i for pid, idx in index_of.items() if pid not in fold_of for i in idx]
+
+        probability: dict[int, float] = {}
+        fold_given: dict[int, int] = {}
+        total_new = np.zeros(len(new))
+        with _cache(cache_dir) as cache:
+            inputs = build_inputs(self.config, problem_of, generations, cache)
+        batch_size = self.config["batch_size"]
+        for fold in tqdm(self.config["folds"], desc="score", unit="fold", leave=False):
+            # The same candidates in the same order as train_fold scored: the same batches.
+            scored = [i for pid in fold["scored"] for i in index_of.get(pid, [])]
+            if not scored and not new:
+                continue
+            model = self._fold_model(fold["index"], inputs)
+            if scored:
+                p = predict(model, inputs.batches, scored, batch_size, self.device, self._autocast)
+                probability.update(zip(scored, p.tolist()))
+                fold_given.update((i, fold["index"]) for i in scored)
+            if new:
+                total_new += predict(model, inputs.batches, new, batch_size, self.device, self._autocast)
+            del model
+        mean_new = total_new / len(self.config["folds"])
+        probability.update(zip(new, mean_new.tolist()))
+        fold_given.update((i, NEW_PROBLEM_FOLD) for i in new)
+
+        scores = [Score(problem_id=g.problem_id, sample=g.sample, score=probability[i], fold=fold_given[i])
+                  for i, g in enumerate(generations)]
+        scores.sort(key=lambda s: (s.problem_id, s.sample))
+        return scores
+
+    def _fold_model(self, index: int, inputs: Inputs) -> torch.nn.Module:
+        path = self.directory / f"fold-{index}" / "best.pt"
+        state = torch.load(path, map_location=self.device, weights_only=True)
+        model = build_model(self.config, inputs).to(self.device)
+        try:
+            model.load_state_dict(state["model"])
+        except (RuntimeError, KeyError) as e:
+            raise ValueError(f"{path}: its weights do not fit the critic {self.directory / 'critic.json'} describes "
+                             f"({str(e)[:300]}); the directory mixes two trainings, {_HOW_TO_GET}") from None
+        return model
+
+
+def load_critic(directory: str | Path, device: str | None = None) -> Critic:
+    """The critic exported by the train stage (crossfit.export) to `directory`. `device`:
+    where to score (default: the GPU when there is one, else the CPU)."""
+    directory = Path(directory)
+    config_path = directory / "critic.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{config_path}: missing, so {directory} holds no critic; {_HOW_TO_GET}")
+    try:
+        stored = json.loads(config_path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{config_path}:{e.lineno}: not valid JSON ({e.msg}); {_HOW_TO_GET}") from None
+    absent = [k for k in _REQUIRED if k not in stored]
+    if absent:
+        raise ValueError(f"{config_path}: has no {absent[0]!r}, which the scorer needs; {_HOW_TO_GET}")
+    if stored["method"] not in METHODS:
+        raise ValueError(f"{config_path}: method is {stored['method']!r}, not one of {', '.join(METHODS)}; "
+                         f"{_HOW_TO_GET}")
+    if not stored["folds"]:
+        raise ValueError(f"{config_path}: lists no folds; {_HOW_TO_GET}")
+    for fold in stored["folds"]:
+        best = directory / f"fold-{fold['index']}" / "best.pt"
+        if not best.is_file():
+            raise FileNotFoundError(f"{best}: missing (critic.json lists fold {fold['index']}); {_HOW_TO_GET}")
+    return Critic(directory, {**_OLDER_DEFAULTS, **stored}, device)
+
+
+@contextlib.contextmanager
+def _cache(cache_dir: str | Path | None):
+    if cache_dir is not None:
+        yield Path(cache_dir)
+        return
+    with tempfile.TemporaryDirectory(prefix="fractal-embeddings-") as tmp:
+        yield Path(tmp)
