@@ -15,8 +15,15 @@ from pathlib import Path
 
 
 def _run(args: argparse.Namespace) -> int:
+    from fractal.remote.config import ConfigError, load_config
     from fractal.remote.executor import run_stage  # local, ssh or lambda: .fractal/executor.yaml, FRACTAL_EXECUTOR
-    return run_stage(args.stage, args.args)
+    from fractal.tracking import tracked
+
+    try:
+        executor = load_config().executor_for(args.stage)
+    except ConfigError:
+        executor = "?"  # run_stage reports the problem
+    return tracked(args.stage, lambda: run_stage(args.stage, args.args), executor)
 
 
 def _profile(args: argparse.Namespace) -> int:
@@ -61,6 +68,20 @@ def _check(args: argparse.Namespace) -> int:
     return 1 if errors else 0
 
 
+def _lineage(args: argparse.Namespace) -> int:
+    from fractal.tracking import TrackingError, lineage
+
+    try:
+        print(lineage(args.target))
+    except TrackingError as e:
+        print(f"fractal lineage: {e}", file=sys.stderr)
+        return 1
+    except Exception as e:  # MLflow's own errors (no such run or model version) are clear enough
+        print(f"fractal lineage: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fractal", description="best-of-N code selection with a learned critic")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -74,6 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="validate params.yaml (or a profile) without running anything")
     check.add_argument("params", nargs="?", default="params.yaml")
     check.set_defaults(func=_check)
+    where = sub.add_parser("lineage", help="where a metric, output or registered critic came from")
+    where.add_argument("target", help="metrics/rank.json[:KEY], an output path (models/critic), "
+                                      "models:/critic/N, or an MLflow run id")
+    where.set_defaults(func=_lineage)
     from fractal.remote.cli import add_lambda_parser  # `fractal lambda ...`
     add_lambda_parser(sub)
     return parser

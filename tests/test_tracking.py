@@ -1,0 +1,308 @@
+"""MLflow lineage and DVC data versioning, for real: a `mlflow server` on loopback started by
+the test, a real `dvc repro` / `dvc exp run --queue` / `dvc queue start -j 2` of the tiny
+default profile, a local DVC remote and a DVC SSH remote (dvc-ssh) on the loopback sshd."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest_remote import sshd, sshd_client_key  # noqa: F401  (fixtures)
+from fractal import tracking
+from fractal.records import Generation, Problem, Score, read_jsonl
+from repo_copy import REPO, copy_repo
+
+
+# ---------------------------------------------------------------------------------------
+# Small pieces
+# ---------------------------------------------------------------------------------------
+def test_queued_experiments_log_to_the_repository_they_belong_to(tmp_path):
+    exp_dir = tmp_path / "repo" / ".dvc" / "tmp" / "exps" / "tmpabc123"
+    exp_dir.mkdir(parents=True)
+    assert tracking.repo_root(exp_dir) == (tmp_path / "repo").resolve()
+    assert tracking.repo_root(tmp_path) == tmp_path.resolve()
+
+
+def test_default_store_is_sqlite_in_the_repository_root(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert tracking.tracking_uri(tmp_path) == f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    assert tracking.tracking_uri(tmp_path) == "http://127.0.0.1:5000"
+
+
+def test_a_tracking_uri_is_shown_without_its_password():
+    assert tracking._safe_uri("https://ann:s3cret@mlflow.example.com/x") == "https://ann:***@mlflow.example.com/x"
+    assert "s3cret" not in tracking._safe_uri("postgresql://ann:s3cret@db:5432/mlflow")
+    assert tracking._safe_uri("sqlite:////tmp/mlflow.db") == "sqlite:////tmp/mlflow.db"
+
+
+def test_metrics_are_the_numbers_of_a_metrics_file_flattened(tmp_path):
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps({"all": {"pass_rate": 0.25, "n": 3, "name": "x"}, "ok": True, "nan": float("nan")}))
+    assert tracking._metrics_of(path) == {"all.pass_rate": 0.25, "all.n": 3.0}
+
+
+def test_an_unusable_store_stops_the_stage_before_it_runs(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/a-file/mlflow.db")
+    ran = []
+    assert tracking.tracked("label", lambda: ran.append(1) or 0) == 2
+    assert not ran and "MLFLOW_TRACKING_URI" in capsys.readouterr().err
+
+
+def test_tracking_can_be_switched_off(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("FRACTAL_TRACKING", "off")
+    assert tracking.tracked("label", lambda: 7) == 7
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+# ---------------------------------------------------------------------------------------
+# End to end
+# ---------------------------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """A real MLflow tracking server (SQLite backend, proxied artifacts) on loopback."""
+    work = tmp_path_factory.mktemp("mlflow-server")
+    port = _free_port()
+    log = open(work / "server.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+                             "--backend-store-uri", f"sqlite:///{work}/mlflow.db",
+                             "--artifacts-destination", str(work / "artifacts"), "--workers", "1"],
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"mlflow server exited: {(work / 'server.log').read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail(f"mlflow server did not answer: {(work / 'server.log').read_text()[-3000:]}")
+    yield url
+    os.killpg(proc.pid, 15)
+    proc.wait(timeout=30)
+
+
+def _env(server: str, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DVC_", "MLFLOW_"))}
+    return {**env, "FRACTAL_EXECUTOR": "local", "HF_HUB_OFFLINE": "1", "MLFLOW_TRACKING_URI": server,
+            "MLFLOW_EXPERIMENT_NAME": "tiny", **extra}
+
+
+def _run(cmd: list[str], cwd: Path, env: dict[str, str], timeout: float = 900) -> str:
+    r = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert r.returncode == 0, f"{' '.join(cmd)} failed:\n{r.stdout[-4000:]}\n{r.stderr[-4000:]}"
+    return r.stdout + r.stderr
+
+
+def _ran(output: str) -> list[str]:
+    return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")]
+
+
+def _git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=repo, check=True,
+                          capture_output=True, text=True).stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def tiny_repo(tmp_path_factory, mlflow_server):
+    """The default profile shrunk, reproduced once with tracking on the server."""
+    repo = tmp_path_factory.mktemp("tracking") / "repo"
+    copy_repo(repo)
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["prepare"]["limit"] = 12
+    params["generate"]["n"] = 10
+    params["train"].update(folds=3, epochs=3, patience=2, batch_size=16)
+    params["rank"].update(ks=[1, 2, 5, 10], bootstrap=100)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    store = repo.parent / "dvc-store"
+    _run(["dvc", "remote", "add", "-f", "-d", "local", str(store)], repo, _env(mlflow_server))
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-qm", "tiny")
+    out = _run(["dvc", "repro"], repo, _env(mlflow_server))
+    assert _ran(out) == ["prepare", "generate", "label", "train", "rank"]
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-qm", "tiny results")
+    return repo
+
+
+def _client(server: str):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(server, server)
+    return client, client.get_experiment_by_name("tiny").experiment_id
+
+
+@pytest.mark.slow
+def test_a_repro_is_one_parent_run_with_a_child_per_stage_carrying_its_lineage(tiny_repo, mlflow_server):
+    client, exp = _client(mlflow_server)
+    parents = client.search_runs([exp], filter_string="tags.`fractal.parent` = 'true' and tags.`dvc.exp_name` = ''")
+    assert len(parents) == 1
+    parent = parents[0]
+    assert parent.data.tags["fractal.command"].endswith("repro")
+    children = client.search_runs([exp], filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    by_stage = {r.data.tags["fractal.stage"]: r for r in children}
+    assert sorted(by_stage) == ["generate", "label", "prepare", "rank", "train"] and len(children) == 5
+
+    lock = yaml.safe_load((tiny_repo / "dvc.lock").read_text())["stages"]
+    commit = _git(tiny_repo, "rev-parse", "HEAD~1")  # the commit the repro ran on
+    for stage, run in by_stage.items():
+        tags = run.data.tags
+        assert run.info.status == "FINISHED"
+        assert tags["git.commit"] == commit and tags["git.dirty"] == "false", stage
+        assert tags["fractal.executor"] == "local" and tags["dvc.exp_name"] == ""
+        for entry in lock[stage].get("deps", []):
+            assert tags[f"dvc.dep.{entry['path']}"] == entry["md5"], (stage, entry["path"])
+        for entry in lock[stage].get("outs", []):
+            assert tags[f"dvc.out.{entry['path']}"] == entry["md5"], (stage, entry["path"])
+        for key, value in lock[stage].get("params", {}).get("params.yaml", {}).items():
+            flat = tracking._flatten({key: value})
+            assert {k: run.data.params[k] for k in flat} == {k: tracking._text(v) for k, v in flat.items()}
+    rank = json.loads((tiny_repo / "metrics/rank.json").read_text())
+    assert by_stage["rank"].data.metrics["critic_top1.value"] == pytest.approx(rank["critic_top1"]["value"])
+    label = json.loads((tiny_repo / "metrics/label.json").read_text())
+    assert by_stage["label"].data.metrics["all.pass_rate"] == pytest.approx(label["all"]["pass_rate"])
+
+
+@pytest.mark.slow
+def test_each_epoch_checkpoint_is_logged_and_the_best_critic_is_registered(tiny_repo, mlflow_server):
+    import mlflow
+    import pandas as pd
+
+    client, exp = _client(mlflow_server)
+    [train] = client.search_runs([exp], filter_string="tags.`fractal.stage` = 'train' and tags.`dvc.exp_name` = ''")
+    run_id = train.info.run_id
+    history = json.loads((tiny_repo / "plots/train/fold-0.json").read_text())
+    logged = client.get_metric_history(run_id, "fold-0/val_auroc")
+    assert [m.step for m in logged] == [row["epoch"] for row in history]
+    assert [m.value for m in logged] == pytest.approx([row["val_auroc"] for row in history])
+    checkpoints = [f.path for f in client.list_artifacts(run_id, "checkpoints/fold-0")]
+    assert checkpoints == [f"checkpoints/fold-0/epoch-{i:03d}.pt" for i in range(len(history))]
+
+    version = client.get_model_version(tracking.CRITIC_MODEL, train.data.tags["critic.model_version"])
+    assert version.run_id == run_id
+    lock = yaml.safe_load((tiny_repo / "dvc.lock").read_text())["stages"]["train"]
+    for entry in lock["deps"]:
+        if entry["path"].startswith("data/"):
+            assert version.tags[f"dvc.dep.{entry['path']}"] == entry["md5"]
+    assert version.tags["git.commit"] == train.data.tags["git.commit"]
+
+    # The registered critic scores like the DVC-tracked checkpoint did.
+    problems = {p.problem_id: p for p in read_jsonl(tiny_repo / "data/problems.jsonl", Problem)}
+    generations = read_jsonl(tiny_repo / "data/generations.jsonl", Generation)
+    frame = pd.DataFrame([{"problem_id": g.problem_id, "sample": g.sample, "prompt": problems[g.problem_id].prompt,
+                           "text": problems[g.problem_id].text, "program": g.program} for g in generations])
+    mlflow.set_tracking_uri(mlflow_server)
+    mlflow.set_registry_uri(mlflow_server)
+    model = mlflow.pyfunc.load_model(f"models:/{tracking.CRITIC_MODEL}/{version.version}")
+    predicted = model.predict(frame)
+    tracked = {(s.problem_id, s.sample): s.score for s in read_jsonl(tiny_repo / "data/scores.jsonl", Score)}
+    assert list(predicted) == pytest.approx([tracked[g.problem_id, g.sample] for g in generations], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_lineage_answers_where_a_metric_and_a_checkpoint_came_from(tiny_repo, mlflow_server):
+    client, exp = _client(mlflow_server)
+    [rank] = client.search_runs([exp], filter_string="tags.`fractal.stage` = 'rank' and tags.`dvc.exp_name` = ''")
+    out = _run(["fractal", "lineage", "metrics/rank.json:critic_top1.value"], tiny_repo, _env(mlflow_server))
+    value = json.loads((tiny_repo / "metrics/rank.json").read_text())["critic_top1"]["value"]
+    assert f"critic_top1.value = {value}" in out
+    assert rank.info.run_id in out and rank.data.tags["git.commit"] in out
+    assert rank.data.tags["mlflow.parentRunId"] in out and "rank.seed=0" in out
+    assert rank.data.tags["dvc.dep.data/scores.jsonl"] in out
+
+    [train] = client.search_runs([exp], filter_string="tags.`fractal.stage` = 'train' and tags.`dvc.exp_name` = ''")
+    out = _run(["fractal", "lineage", f"models:/critic/{train.data.tags['critic.model_version']}"], tiny_repo,
+               _env(mlflow_server))
+    assert train.info.run_id in out and train.data.tags["dvc.dep.data/labels.jsonl"] in out
+
+
+@pytest.mark.slow
+def test_a_fresh_clone_pulls_the_data_and_reproduces_nothing(tiny_repo, mlflow_server, tmp_path):
+    env = _env(mlflow_server)
+    _run(["dvc", "push"], tiny_repo, env)
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(tiny_repo), str(clone)], check=True)
+    _run(["dvc", "pull"], clone, env)
+    assert (clone / "models/critic/critic.json").exists() and (clone / "data/labels.jsonl").exists()
+    assert "up to date" in _run(["dvc", "status"], clone, env)
+    assert _ran(_run(["dvc", "repro"], clone, env)) == []
+
+
+@pytest.mark.slow
+def test_an_ssh_remote_on_the_loopback_sshd_pushes_and_pulls(tiny_repo, mlflow_server, tmp_path, sshd,
+                                                           sshd_client_key):
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    # A real host key check: the server's key is known, as it would be for a team's server.
+    (home / ".ssh" / "known_hosts").write_text(f"[127.0.0.1]:{sshd.port} {sshd.host_key_pub}\n")
+    env = _env(mlflow_server, HOME=str(home))
+    store = tmp_path / "ssh-store"
+    url = f"ssh://{sshd.user}@127.0.0.1:{sshd.port}{store}"
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(tiny_repo), str(clone)], check=True)
+    _run(["dvc", "remote", "add", "-d", "team", url], tiny_repo, env)
+    _run(["dvc", "remote", "modify", "--local", "team", "keyfile", str(sshd_client_key[0])], tiny_repo, env)
+    try:
+        _run(["dvc", "push", "-r", "team"], tiny_repo, env)
+    finally:
+        _run(["dvc", "remote", "remove", "team"], tiny_repo, env)
+    assert any(store.rglob("*")), "nothing arrived in the SSH remote"
+    _run(["dvc", "remote", "add", "-d", "team", url], clone, env)
+    _run(["dvc", "remote", "modify", "--local", "team", "keyfile", str(sshd_client_key[0])], clone, env)
+    _run(["dvc", "pull", "-r", "team"], clone, env)
+    assert "up to date" in _run(["dvc", "status"], clone, env)
+
+
+@pytest.mark.slow
+def test_two_queued_experiments_run_at_once_and_land_in_mlflow_apart(tiny_repo, mlflow_server):
+    env = _env(mlflow_server)
+    for seed in (1, 2):
+        _run(["dvc", "exp", "run", "--queue", "-S", f"train.seed={seed}"], tiny_repo, env)
+    _run(["dvc", "queue", "start", "-j", "2"], tiny_repo, env)
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline:
+        status = _run(["dvc", "queue", "status"], tiny_repo, env)
+        if not any(word in status for word in ("Running", "Queued")):
+            break
+        time.sleep(3)
+    assert status.count("Success") == 2, status
+
+    client, exp = _client(mlflow_server)
+    parents = client.search_runs([exp], filter_string="tags.`fractal.parent` = 'true' and tags.`dvc.exp_name` != ''")
+    assert len(parents) == 2
+    names = {p.data.tags["dvc.exp_name"] for p in parents}
+    assert len(names) == 2
+    seeds, scores = set(), set()
+    for p in parents:
+        children = client.search_runs([exp], filter_string=f"tags.`mlflow.parentRunId` = '{p.info.run_id}'")
+        assert sorted(r.data.tags["fractal.stage"] for r in children) == ["rank", "train"]
+        [train] = [r for r in children if r.data.tags["fractal.stage"] == "train"]
+        assert train.data.tags["dvc.exp_name"] == p.data.tags["dvc.exp_name"] and train.info.status == "FINISHED"
+        assert "params.yaml" in train.data.tags["git.changed"]
+        seeds.add(train.data.params["train.seed"])
+        scores.add(train.data.tags["dvc.out.data/scores.jsonl"])
+        version = client.get_model_version(tracking.CRITIC_MODEL, train.data.tags["critic.model_version"])
+        assert version.tags["dvc.exp_name"] == p.data.tags["dvc.exp_name"]
+    assert seeds == {"1", "2"} and len(scores) == 2
