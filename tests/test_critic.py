@@ -209,3 +209,15 @@ def test_load_critic_names_the_missing_file(runs_dir, tmp_path):
     (critic_dir / "fold-1" / "best.pt").unlink()
     with pytest.raises(FileNotFoundError, match=r"fold-1/best\.pt: missing.*dvc repro train"):
         load_critic(critic_dir)
+
+
+def test_critic_json_without_the_later_keys_still_loads(runs_dir):
+    # critic.json exported before dropout, lora_r, the batch sizes and precision were recorded.
+    params = TrainParams(folds=2, epochs=3, patience=3, batch_size=16, lr=3e-3, hidden=8, features=["consensus"])
+    problems, generations, run, critic_dir = train_and_export(runs_dir, "head-older", params)
+    config = json.loads((critic_dir / "critic.json").read_text())
+    for key in ("dropout", "lora_r", "batch_size", "embed_batch_size", "precision"):
+        del config[key]
+    (critic_dir / "critic.json").write_text(json.dumps(config))
+    got = load_critic(critic_dir, device="cpu").score(problems, generations, cache_dir=runs_dir / "embeddings")
+    assert_same_scores(got, run.scores)
