@@ -262,16 +262,16 @@ def test_an_ssh_remote_on_the_loopback_sshd_pushes_and_pulls(tiny_repo, mlflow_s
     url = f"ssh://{sshd.user}@127.0.0.1:{sshd.port}{store}"
     clone = tmp_path / "clone"
     subprocess.run(["git", "clone", "-q", str(tiny_repo), str(clone)], check=True)
-    _run(["dvc", "remote", "add", "-d", "team", url], tiny_repo, env)
-    _run(["dvc", "remote", "modify", "--local", "team", "keyfile", str(sshd_client_key[0])], tiny_repo, env)
+    for repo in (tiny_repo, clone):  # --local: the remote and the key stay out of git
+        _run(["dvc", "remote", "add", "--local", "team", url], repo, env)
+        _run(["dvc", "remote", "modify", "--local", "team", "keyfile", str(sshd_client_key[0])], repo, env)
     try:
         _run(["dvc", "push", "-r", "team"], tiny_repo, env)
     finally:
-        _run(["dvc", "remote", "remove", "team"], tiny_repo, env)
+        _run(["dvc", "remote", "remove", "--local", "team"], tiny_repo, env)
     assert any(store.rglob("*")), "nothing arrived in the SSH remote"
-    _run(["dvc", "remote", "add", "-d", "team", url], clone, env)
-    _run(["dvc", "remote", "modify", "--local", "team", "keyfile", str(sshd_client_key[0])], clone, env)
     _run(["dvc", "pull", "-r", "team"], clone, env)
+    assert (clone / "models/critic/critic.json").exists()
     assert "up to date" in _run(["dvc", "status"], clone, env)
 
 

@@ -186,10 +186,12 @@ def git_state(root: Path) -> dict[str, str]:
         return r.stdout.strip() if r.returncode == 0 else ""
 
     commit = os.environ.get("DVC_EXP_BASELINE_REV", "") or git("rev-parse", "HEAD")
-    # dvc.lock and .gitignore files are rewritten by DVC itself during a repro; a change
-    # anywhere else (code, params) means the commit alone does not say what ran.
+    # A repro itself rewrites dvc.lock, .gitignore files and the outputs kept in git
+    # (metrics, plots); a change anywhere else (code, params) means the commit alone does
+    # not say what ran.
+    products = [f":!{p}" for p in _all_outs(root)]
     changed = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!dvc.lock", ":!**/.gitignore",
-                  ":!.gitignore").splitlines()
+                  ":!.gitignore", *products).splitlines()
     state = {"git.commit": commit or "unknown", "git.dirty": str(bool(changed)).lower()}
     if changed:
         state["git.changed"] = " ".join(line[3:] for line in changed[:50])
@@ -364,17 +366,27 @@ def _producing_runs(client: Any, exp_id: str, path: str) -> list[Any]:
 
 
 def _stages_with_out(path: str) -> list[str]:
+    return [stage for stage, out in _outs_by_stage(Path.cwd()) if out == path]
+
+
+def _all_outs(root: Path) -> list[str]:
+    return sorted({out for _, out in _outs_by_stage(root)})
+
+
+def _outs_by_stage(root: Path) -> list[tuple[str, str]]:
+    """(stage, output path) for every output dvc.yaml declares (plain dvc.yaml files)."""
     import yaml
 
-    doc = yaml.safe_load(Path("dvc.yaml").read_text()) or {}
-    names = []
+    try:
+        doc = yaml.safe_load((root / "dvc.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return []
+    pairs = []
     for name, entry in (doc.get("stages") or {}).items():
         for section in ("outs", "metrics", "plots"):
-            for item in entry.get(section) or []:
-                out = item if isinstance(item, str) else next(iter(item))
-                if out == path:
-                    names.append(name)
-    return names
+            for item in (entry or {}).get(section) or []:
+                pairs.append((name, str(item if isinstance(item, str) else next(iter(item)))))
+    return pairs
 
 
 def _describe_run(client: Any, run: Any) -> list[str]:
