@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
 import enum
 import json
 import math
@@ -199,6 +200,7 @@ def test_cache_key_and_concurrent_writers(tmp_path):
     assert k1 == label_key(CHECK, "prog", dict(limits))
     assert k1 != label_key(CHECK, "prog2", limits)
     assert k1 != label_key(CHECK, "prog", limits_of(LabelParams(timeout_floor=2.0)))
+    assert k1 != label_key(CHECK, "prog", limits_of(LabelParams(timeout_cpu_floor=2.0)))
     assert k1 == label_key(CHECK, "prog", limits_of(LabelParams(workers=7, isolation="none")))
     a, b = LabelCache(tmp_path), LabelCache(tmp_path)
     a.put("k1", "passed", "", 0.1)
@@ -294,6 +296,17 @@ def test_slow_candidate_with_an_early_wrong_answer_is_stopped_early(sandboxed):
     slow = "import time\ndef f(x):\n    if x == 2:\n        time.sleep(100)\n    return 0\n"
     label, = label_candidates([problem], [Generation("t/slow", 0, "", slow, "x", "x")], sandboxed)
     assert label.status == "failed" and label.duration < 0.9
+
+
+def test_busy_candidate_stops_at_the_cpu_limit_and_a_sleeping_one_gets_the_wall_limit(sandboxed):
+    busy = "def add(a, b):\n    while True:\n        pass\n"
+    sleepy = "import time\ndef add(a, b):\n    time.sleep(0.4)\n    return a + b\n"
+    params = dataclasses.replace(sandboxed, timeout_floor=3.0, timeout_cap=3.0, timeout_cpu_floor=0.2)
+    gens = [Generation("t/add", 0, "", busy, "x", "x"), Generation("t/add", 1, "", sleepy, "x", "x")]
+    busy_label, sleepy_label = label_candidates([CHECK], gens, params)
+    assert (busy_label.status, busy_label.detail) == ("timeout", "CPU limit 0.2s")
+    assert busy_label.duration < 2.0  # stopped long before the 3 s wall limit
+    assert sleepy_label.status == "passed"  # 0.4 s of sleep is far above the CPU floor, but uses no CPU
 
 
 def test_recursive_reference_calls_are_not_test_calls():

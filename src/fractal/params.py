@@ -60,8 +60,11 @@ class GenerateParams:
 class LabelParams:
     workers: int = 0  # sandboxed warm workers; 0: one per core
     timeout_factor: float = 10.0  # time limit = min(cap, max(floor, factor x reference runtime))
-    timeout_floor: float = 0.5  # seconds; no passing CodeGen-16B HumanEval sample took 0.1 s (0.45 s with an import)
-    timeout_cap: float = 10.0  # seconds
+    timeout_floor: float = 0.5  # wall seconds; no passing CodeGen-16B HumanEval sample took 0.1 s (0.45 s with an import)
+    timeout_cpu_floor: float = 0.2  # CPU seconds, the floor of a second limit, on the candidate's CPU time:
+    # a busy loop stops at 0.2 s of CPU instead of burning 0.5 s. CPU time does not grow with the load
+    # of the machine; the slowest passing CodeGen-16B HumanEval sample (it imports boto3) uses ~0.1 s
+    timeout_cap: float = 10.0  # seconds, both limits
     memory_mb: int = 2048  # address space a candidate may add on top of what the worker maps
     max_output_bytes: int = 1_000_000  # stdout + stderr; more is status output_limit
     max_result_bytes: int = 8_000_000  # the returned values, encoded; more is status output_limit

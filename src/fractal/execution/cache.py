@@ -16,7 +16,7 @@ from fractal.params import LabelParams
 from fractal.records import Problem
 
 # Bump when a change to the labeler can change a label, so old entries are not reused.
-LABELER_VERSION = "fractal-execution-1"
+LABELER_VERSION = "fractal-execution-2"
 
 
 def limits_of(params: LabelParams) -> dict:
@@ -24,6 +24,7 @@ def limits_of(params: LabelParams) -> dict:
     return {
         "timeout_factor": params.timeout_factor,
         "timeout_floor": params.timeout_floor,
+        "timeout_cpu_floor": params.timeout_cpu_floor,
         "timeout_cap": params.timeout_cap,
         "memory_mb": params.memory_mb,
         "max_output_bytes": params.max_output_bytes,

@@ -204,6 +204,8 @@ def end_status(header: dict, limit: float) -> tuple[str, str]:
     """The status when the candidate's process stopped before the tests had their answers."""
     end = header.get("end")
     if end == "timeout":
+        if "cpu_limit" in header:
+            return "timeout", f"CPU limit {header['cpu_limit']:g}s"
         return "timeout", f"limit {limit:g}s"
     if end == "output_limit":
         return "output_limit", f"{header.get('output_bytes', 0)} bytes of output"

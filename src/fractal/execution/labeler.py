@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 import re
 import sys
@@ -89,6 +90,7 @@ def _execute(todo: list[tuple[str, Generation]], by_id: dict[str, Problem], para
             "entry_point": plan.problem.entry_point,
             "calls": plan.calls_json,
             "time_limit": plan.time_limit(params.timeout_factor, params.timeout_floor, params.timeout_cap),
+            "cpu_limit": plan.time_limit(params.timeout_factor, params.timeout_cpu_floor, params.timeout_cap),
             "memory_bytes": params.memory_mb * 1024 * 1024,
             "max_processes": params.max_processes,
             "max_file_bytes": params.scratch_mb * 1024 * 1024,
@@ -99,38 +101,40 @@ def _execute(todo: list[tuple[str, Generation]], by_id: dict[str, Problem], para
     n_workers = params.workers or _cores()
     if not tasks:
         return out
+    groups = _groups(tasks, params, n_workers)
     verdicts: dict[tuple, tuple[str, str]] = {}  # same outputs of the same problem: same verdict
     passed = 0
-    timings: list[str] = []
+    done = [0] * len(groups)
+    finished = [0.0] * len(groups)
     start = time.monotonic()
-    with tqdm(total=len(tasks), desc="label", unit="program", smoothing=0.05) as bar:
-        for preload, batch in _passes(tasks, params):
-            pass_start = time.monotonic()
-            with WorkerPool(params, min(n_workers, len(batch)), Path(params.cache_dir) / "logs", preload) as pool:
-                for task, header, payload in pool.run(batch, idle=cache.flush_if_due):
-                    plan = plans[task["problem_id"]]
-                    if header.get("progress"):
-                        if judge(plan, header, payload, task["time_limit"], partial=True) is not None:
-                            pool.stop(task)
-                        continue
-                    memo = (task["problem_id"], header.get("end"), header.get("code"), payload)
-                    verdict = verdicts.get(memo)
-                    if verdict is None:
-                        verdict = judge(plan, header, payload, task["time_limit"])
-                        verdicts[memo] = verdict
-                    status, detail = verdict
-                    duration = float(header.get("duration", 0.0))
-                    out[task["key"]] = (status, detail, duration)
-                    cache.put(task["key"], status, detail, duration)
-                    passed += status == "passed"
-                    bar.update(1)
-                    bar.set_postfix(passed=passed, refresh=False)
-            heavy = preload[len(params.preload):]
-            timings.append(f"{len(batch)} in {time.monotonic() - pass_start:.1f}s"
-                           + (f" (preloading {len(heavy)} heavy modules)" if heavy else ""))
+    with tqdm(total=len(tasks), desc="label", unit="program", smoothing=0.05) as bar, \
+            WorkerPool(params, [(preload, n) for preload, n, _ in groups], Path(params.cache_dir) / "logs") as pool:
+        for task, header, payload in pool.run(tasks, idle=cache.flush_if_due):
+            plan = plans[task["problem_id"]]
+            if header.get("progress"):
+                if judge(plan, header, payload, task["time_limit"], partial=True) is not None:
+                    pool.stop(task)
+                continue
+            memo = (task["problem_id"], header.get("end"), header.get("code"), payload)
+            verdict = verdicts.get(memo)
+            if verdict is None:
+                verdict = judge(plan, header, payload, task["time_limit"])
+                verdicts[memo] = verdict
+            status, detail = verdict
+            duration = float(header.get("duration", 0.0))
+            out[task["key"]] = (status, detail, duration)
+            cache.put(task["key"], status, detail, duration)
+            passed += status == "passed"
+            done[task["group"]] += 1
+            finished[task["group"]] = time.monotonic() - start
+            bar.update(1)
+            bar.set_postfix(passed=passed, refresh=False)
     elapsed = time.monotonic() - start
+    timings = [f"{done[g]} on {n} worker(s) done after {finished[g]:.1f}s"
+               + (f" (preloading {len(preload) - len(params.preload)} heavy modules)" if len(preload) > len(params.preload) else "")
+               for g, (preload, n, _) in enumerate(groups)]
     print(f"label: ran {len(tasks)} programs in {elapsed:.1f}s ({len(tasks) / max(elapsed, 1e-9):.0f}/s) "
-          f"on {n_workers} sandboxed workers; passes: {'; '.join(timings)}", file=sys.stderr)
+          f"on {sum(n for _, n, _ in groups)} sandboxed workers: {'; '.join(timings)}", file=sys.stderr)
     return out
 
 
@@ -157,10 +161,13 @@ def _imports(program: str) -> set[str]:
     return names
 
 
-def _passes(tasks: list[dict], params: LabelParams) -> list[tuple[list[str], list[dict]]]:
-    """Light candidates first, from workers with the small preload; then those importing
-    a heavy package, from workers that preloaded the packages (and the submodules of
-    them, like sklearn.metrics) that those candidates import."""
+def _groups(tasks: list[dict], params: LabelParams, n_workers: int) -> list[tuple[list[str], int, int]]:
+    """Splits the tasks into worker groups, as (preload, workers, tasks), and sets each
+    task's "group": light candidates go to `n_workers` workers with the small preload;
+    those importing a heavy package go to workers that preloaded the packages (and the
+    submodules of them, like sklearn.metrics) that those candidates import. Forking from
+    a worker that holds torch costs tens of milliseconds, so light candidates never do;
+    the heavy group starts with the light one, so its slow imports overlap light work."""
     heavy_tops = {m.split(".")[0] for m in params.preload_heavy}
     light, heavy, wanted = [], [], set()
     for task in tasks:
@@ -170,14 +177,19 @@ def _passes(tasks: list[dict], params: LabelParams) -> list[tuple[list[str], lis
             wanted |= names
         else:
             light.append(task)
-    passes = []
+    groups = []
     if light:
-        passes.append((list(params.preload), light))
+        groups.append((list(params.preload), n_workers, light))
     if heavy:
         tops = {n for n in wanted if "." not in n and importlib.util.find_spec(n)}
         listed = [m for m in params.preload_heavy if m.split(".")[0] in tops]
         # Submodules only of installed allow-listed packages; a name that does not exist
         # fails to import in the worker, which ignores it.
         extra = sorted(n for n in wanted if "." in n and n.split(".")[0] in tops and n not in listed and n.count(".") <= 2)
-        passes.append((list(params.preload) + listed + extra, heavy))
-    return passes
+        # Workers in proportion to the heavy share of the work, at least one.
+        n_heavy = min(n_workers, math.ceil(n_workers * len(heavy) / len(tasks)))
+        groups.append((list(params.preload) + listed + extra, n_heavy, heavy))
+    for g, (_, _, members) in enumerate(groups):
+        for task in members:
+            task["group"] = g
+    return groups

@@ -1,5 +1,9 @@
-"""A pool of warm sandboxed workers, one per core, fed tasks over pipes.
+"""A pool of warm sandboxed workers, fed tasks over pipes.
 
+Workers come in groups that differ in what they preload (the light group, one worker per
+core, and a heavy group for candidates that import numpy or torch); a task names its
+group and only that group's workers run it. All groups start at once and a worker takes
+tasks as soon as it is ready, so the heavy workers' slow imports overlap the light work.
 Each worker gets up to two tasks at a time, so it starts the next candidate while the
 labeler judges the last. A worker that dies or stops answering is replaced; the task it
 was running gets the end `worker`, the ones queued behind it are sent again.
@@ -32,8 +36,13 @@ class WorkerStartError(RuntimeError):
 
 
 class _Worker:
-    def __init__(self, index: int, params: LabelParams, log_dir: Path, preload: list[str]):
+    """One sandboxed worker process. It starts in the background: `info` is None until
+    its ready frame has arrived (see `WorkerPool.run`)."""
+
+    def __init__(self, index: int, group: int, params: LabelParams, log_dir: Path, preload: list[str]):
         self.index = index
+        self.group = group
+        self.preload = preload
         self.sandbox: Sandbox = make_sandbox(params, index)
         config = {
             "scratch": self.sandbox.scratch,
@@ -59,28 +68,22 @@ class _Worker:
         os.set_blocking(self.fd, False)
         self.buf = bytearray()
         self.inflight: collections.deque[dict] = collections.deque()
-        self.head_since = time.monotonic()
-        self.info = self._await_ready()
+        self.started = time.monotonic()
+        self.head_since = self.started
+        self.info: dict | None = None
 
-    def _await_ready(self) -> dict:
-        deadline = time.monotonic() + _START_TIMEOUT
-        sel = selectors.DefaultSelector()
-        sel.register(self.fd, selectors.EVENT_READ)
-        try:
-            while time.monotonic() < deadline:
-                sel.select(timeout=0.5)
-                frame = self._read_frames(limit=1)
-                if frame is None:
-                    break
-                if frame:
-                    return json.loads(frame[0])
-                if self.proc.poll() is not None:
-                    break
-        finally:
-            sel.close()
+    def take_ready(self, frames: list[bytes]) -> list[bytes]:
+        """Consumes the ready frame at the head of `frames` (if not ready yet)."""
+        if self.info is None and frames:
+            self.info = json.loads(frames[0])
+            self.head_since = time.monotonic()
+            return frames[1:]
+        return frames
+
+    def start_failed(self, why: str) -> WorkerStartError:
         self.kill()
         tail = self.log_path.read_text(errors="replace")[-2000:]
-        raise WorkerStartError(f"sandboxed worker {self.index} did not start; its log {self.log_path} ends with:\n{tail}")
+        return WorkerStartError(f"sandboxed worker {self.index} {why}; its log {self.log_path} ends with:\n{tail}")
 
     def _read_frames(self, limit: int = 1 << 30) -> list[bytes] | None:
         """Complete frames read so far; None once the worker has closed its end."""
@@ -138,11 +141,21 @@ class _Worker:
 
 
 class WorkerPool:
-    def __init__(self, params: LabelParams, n: int, log_dir: Path, preload: list[str]):
+    """Workers in groups: `groups` lists (preload, number of workers) and a task's "group"
+    is an index into it."""
+
+    def __init__(self, params: LabelParams, groups: list[tuple[list[str], int]], log_dir: Path):
         self.params = params
         self.log_dir = log_dir
-        self.preload = preload
-        self.workers = [_Worker(i, params, log_dir, preload) for i in range(n)]
+        self.groups = groups
+        self.workers: list[_Worker] = []
+        try:
+            for g, (preload, n) in enumerate(groups):
+                for _ in range(n):
+                    self.workers.append(_Worker(len(self.workers), g, params, log_dir, preload))
+        except BaseException:
+            self.close()
+            raise
         self.restarts = 0
 
     def __enter__(self) -> "WorkerPool":
@@ -164,15 +177,18 @@ class WorkerPool:
     def run(self, tasks: Iterable[dict], idle: Callable[[], None] = lambda: None) -> Iterator[tuple[dict, dict, bytes]]:
         """Yields (task, header, payload) for every task, in completion order; before that,
         for slow tasks, progress items (header["progress"]) with the results so far."""
-        pending = collections.deque(tasks)
+        pending: list[collections.deque] = [collections.deque() for _ in self.groups]
+        for task in tasks:
+            pending[task.get("group", 0)].append(task)
         sel = selectors.DefaultSelector()
         for w in self.workers:
             sel.register(w.fd, selectors.EVENT_READ, w)
         try:
-            while pending or any(w.inflight for w in self.workers):
+            while any(pending) or any(w.inflight for w in self.workers):
                 for w in list(self.workers):
-                    while pending and len(w.inflight) < _DEPTH:
-                        task = pending.popleft()
+                    queue = pending[w.group]
+                    while w.info is not None and queue and len(w.inflight) < _DEPTH:
+                        task = queue.popleft()
                         try:
                             w.send(task)
                         except (BrokenPipeError, OSError):
@@ -185,9 +201,11 @@ class WorkerPool:
                     w = key.data
                     frames = w._read_frames()
                     if frames is None:
+                        if w.info is None:
+                            raise w.start_failed("did not start")
                         yield from self._replace(w, sel, pending, "worker died")
                         continue
-                    for frame in frames:
+                    for frame in w.take_ready(frames):
                         header_text, _, payload = frame.partition(b"\n")
                         header = json.loads(header_text)
                         if header.get("progress"):
@@ -202,7 +220,10 @@ class WorkerPool:
                         yield task, header, payload
                 now = time.monotonic()
                 for w in list(self.workers):
-                    if w.inflight and now - w.head_since > w.inflight[0]["time_limit"] + _SLACK:
+                    if w.info is None:
+                        if now - w.started > _START_TIMEOUT:
+                            raise w.start_failed(f"did not start within {_START_TIMEOUT:g} s")
+                    elif w.inflight and now - w.head_since > w.inflight[0]["time_limit"] + _SLACK:
                         yield from self._replace(w, sel, pending, "worker hung")
         finally:
             sel.close()
@@ -218,7 +239,7 @@ class WorkerPool:
                 except OSError:
                     pass  # a dead worker is noticed and replaced by run()
 
-    def _replace(self, w: _Worker, sel: selectors.BaseSelector, pending: collections.deque, why: str):
+    def _replace(self, w: _Worker, sel: selectors.BaseSelector, pending: list[collections.deque], why: str):
         try:
             sel.unregister(w.fd)
         except (KeyError, ValueError):
@@ -228,10 +249,10 @@ class WorkerPool:
         self.restarts += 1
         if self.restarts > 20 + 2 * len(self.workers):
             raise RuntimeError(f"sandboxed workers keep dying ({why}); see the logs in {self.log_dir}")
-        fresh = _Worker(w.index, self.params, self.log_dir, self.preload)
+        fresh = _Worker(w.index, w.group, self.params, self.log_dir, w.preload)
         self.workers[self.workers.index(w)] = fresh
         sel.register(fresh.fd, selectors.EVENT_READ, fresh)
         if inflight:
             # The head task was running when the worker went; the rest never started.
-            pending.extendleft(reversed(inflight[1:]))
+            pending[w.group].extendleft(reversed(inflight[1:]))
             yield inflight[0], {"end": "worker", "code": 0, "duration": 0.0, "detail": why}, b""

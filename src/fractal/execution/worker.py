@@ -165,6 +165,8 @@ def _set_limits(task: dict) -> None:
 
 def _child(task: dict, res_w: int, out_w: int, devnull: int) -> None:
     # Until the candidate's code starts, this is the worker's own (trusted) code.
+    if _raw_fork is None and "random" in sys.modules:
+        sys.modules["random"].seed(0)  # os.fork's hook reseeded it from the OS
     os.setsid()
     os.dup2(devnull, 0)
     os.dup2(out_w, 1)
@@ -245,6 +247,25 @@ def _prctl(option: int, arg: int) -> None:
         _libc = ctypes.CDLL(None, use_errno=True)
     if _libc.prctl(option, arg, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), f"prctl({option}) failed")
+
+
+_raw_fork = None  # libc's fork(), set by main() when the worker has one thread
+
+
+def _fork() -> int:
+    """fork(), without Python's at-fork hooks where the worker is single-threaded. The
+    hooks (threading's and random's) write to ~100 pages that the child then copies, 0.3 ms
+    a candidate on a VM with slow page faults; with one thread there is no lock another
+    thread could hold, which is what they are for."""
+    if _raw_fork is None:
+        return os.fork()
+    pid = _raw_fork()
+    if pid < 0:
+        import ctypes
+
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return pid
 
 
 def _set_dumpable(on: bool) -> None:
@@ -352,7 +373,7 @@ class Worker:
         # worker that preloaded torch does not fail every candidate with MemoryError.
         task["worker_vm_bytes"] = _vm_bytes()
         start = time.monotonic()
-        pid = os.fork()
+        pid = _fork()
         if pid == 0:
             try:
                 os.close(res_r)
@@ -379,6 +400,14 @@ class Worker:
 
     def _watch(self, task: dict, pid: int, res_r: int, out_r: int, start: float) -> tuple[dict, bytes]:
         deadline = start + task["time_limit"]
+        # The CPU-time limit: a busy candidate is stopped once it has used `cpu_limit` of
+        # CPU, however loaded the machine (on a loaded one, the wall limit would stop it
+        # having computed less). Checked when the child could first have used that much,
+        # then again as often as what is left demands: most candidates end before a check.
+        cpu_limit = task.get("cpu_limit", task["time_limit"])
+        cpu_clock = (~pid << 3) | 2  # Linux: the CPU clock of process `pid` (MAKE_PROCESS_CPUCLOCK)
+        cpu_check = start + cpu_limit
+        cpu_timeout = False
         pidfd = os.pidfd_open(pid)
         poller = select.poll()
         for fd in (res_r, out_r, pidfd, self.from_labeler):
@@ -395,6 +424,12 @@ class Worker:
                 if left <= 0:
                     end = "timeout"
                     break
+                if now >= cpu_check:
+                    used = _cpu_seconds(cpu_clock)
+                    if used >= cpu_limit:
+                        end, cpu_timeout = "timeout", True
+                        break
+                    cpu_check = now + max(0.001, cpu_limit - used)
                 if now >= next_report and len(result) > reported:
                     # A slow candidate: let the labeler judge what it has so far, so a
                     # wrong early answer ends the run instead of waiting out the limit.
@@ -402,6 +437,7 @@ class Worker:
                     reported = len(result)
                     next_report = now + _PROGRESS_EVERY
                 wait = min(left, max(0.0, next_report - now)) if len(result) > reported else left
+                wait = min(wait, max(0.0, cpu_check - now))
                 for fd, _ in poller.poll(max(1, int(wait * 1000))):
                     if fd == self.from_labeler:
                         self.pump()
@@ -441,7 +477,16 @@ class Worker:
             os.close(pidfd)
         duration = time.monotonic() - start
         header = {"end": end, "code": 0, "duration": round(duration, 4), "output_bytes": out_bytes}
+        if cpu_timeout:
+            header["cpu_limit"] = cpu_limit
         return header, bytes(result[: task["max_result_bytes"]])
+
+
+def _cpu_seconds(clock: int) -> float:
+    try:
+        return time.clock_gettime(clock)
+    except OSError:  # the process has just exited
+        return 0.0
 
 
 def _wipe(root: str) -> None:
@@ -464,6 +509,7 @@ def _remove(path: str) -> None:
 
 
 def main() -> None:
+    global _raw_fork
     config = json.loads(sys.argv[1])
     # Take the labeler's pipes off fds 0 and 1, so that nothing the candidate inherits
     # or guesses reaches them; children close them anyway.
@@ -489,10 +535,19 @@ def main() -> None:
             __import__(name)
         except Exception:
             pass
+    # Candidates that use `random` unseeded get the same numbers in every run, so their
+    # labels are reproducible (as PYTHONHASHSEED makes set order).
+    if "random" in sys.modules:
+        sys.modules["random"].seed(0)
     # Objects that exist now are never collected; the children's collections then do not
     # touch (and copy) the pages they live in.
     gc.collect()
     gc.freeze()
+    if len(os.listdir("/proc/self/task")) == 1:
+        import ctypes
+
+        # PyDLL: called holding the GIL, so the child starts holding it, as after os.fork.
+        _raw_fork = ctypes.PyDLL(None, use_errno=True).fork
     if config.get("uid") is not None:
         # Root only: run candidates as a user of their own, so RLIMIT_NPROC applies
         # (root is exempt from it) and nothing of root's is writable.
