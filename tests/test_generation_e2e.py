@@ -47,7 +47,7 @@ def test_dvc_repro_with_the_transformers_backend(tmp_path):
     _copy_repo(repo)
     (repo / "params.yaml").write_text(yaml.safe_dump(_tiny_profile(model_dir), sort_keys=False))
 
-    env = {**os.environ, "FRACTAL_EXECUTOR": "local", "HF_HUB_OFFLINE": "1", "MLFLOW_TRACKING_URI": f"file:{tmp_path}/mlruns"}
+    env = {**os.environ, "FRACTAL_EXECUTOR": "local", "HF_HUB_OFFLINE": "1", "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}
     run = subprocess.run(["dvc", "repro"], cwd=repo, env=env, capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, f"dvc repro failed:\n{run.stdout[-4000:]}\n{run.stderr[-4000:]}"
 
