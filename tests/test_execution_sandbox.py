@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import platform
 import shutil
 import socket
 import tempfile
@@ -38,11 +39,12 @@ def check(candidate):
 PROBLEM = Problem("corpus/add", "corpus", "test", "", "add", TESTS, "def add(a, b):\n    return a + b\n", "check")
 
 # Passes only if nothing of the previous candidate is left: no other process in the
-# worker's PID namespace, an empty scratch, the real `math`.
+# worker's PID namespace (but the warden, PID 1, and the zygote the canary was forked
+# from), an empty scratch, the real `math`.
 CANARY = """
 import os, math
 def add(a, b):
-    others = [p for p in os.listdir('/proc') if p.isdigit() and int(p) not in (1, os.getpid())]
+    others = [p for p in os.listdir('/proc') if p.isdigit() and int(p) not in (1, os.getppid(), os.getpid())]
     leftovers = os.listdir('.') + os.listdir('/dev/shm')
     if others or leftovers or not hasattr(math, 'sqrt'):
         return ('dirty', others, leftovers)
@@ -335,6 +337,34 @@ def add(a, b):
 """, "passed"),
     # ---------------- host integrity ----------------
     C("kill_parent", "import os, signal\ndef add(a, b):\n    os.kill(os.getppid(), signal.SIGKILL)\n    return a + b", "passed"),
+    C("stop_parent", "import os, signal\ndef add(a, b):\n    os.kill(os.getppid(), signal.SIGSTOP)\n    return a + b", "passed"),
+    C("sigterm_parent", "import os, signal\ndef add(a, b):\n    os.kill(os.getppid(), signal.SIGTERM)\n    return a + b", "passed"),
+    C("clone_parent_sibling", """
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+def add(a, b):
+    # clone(CLONE_PARENT | SIGCHLD): a process whose parent is the candidate's parent
+    if libc.syscall(SYS_CLONE, 0x8000 | 17, 0, 0, 0, 0) == 0:
+        while True:
+            pass
+    return a + b
+""", "passed"),
+    C("leftover_forges_the_next_results", """
+import os, struct
+def add(a, b):
+    if os.fork() == 0:
+        os.setsid()
+        if os.fork() == 0:
+            body = b'{"r": 0}'
+            while True:
+                try:
+                    os.write(3, struct.pack('>I', len(body)) + body)
+                    os.write(1, b'x' * 4096)
+                except OSError:
+                    pass
+        os._exit(0)
+    return a + b
+""", PASS + NOT_PASS),  # its own results are garbled by its child; the canary's must not be
     C("kill_everything", """
 import os, signal
 def add(a, b):
@@ -640,6 +670,8 @@ def world(tmp_path_factory):
     shutil.rmtree(victim, ignore_errors=True)
 
 
+_SYS_CLONE = {"x86_64": 56, "aarch64": 220}.get(platform.machine())
+
 MARKERS = ["/tmp/fractal-pwned", "/var/tmp/fractal-pwned", "/etc/fractal-pwned", "/usr/lib/fractal-pwned",
            "/root/fractal-pwned", os.path.expanduser("~/fractal-pwned")]
 
@@ -650,7 +682,9 @@ def test_corpus_case(case: Case, world, monkeypatch):
 
     project, victim, listener = world["project"], world["victim"], world["listener"]
     site_dir = site.getsitepackages()[0]
-    program = (case.program.replace("PROJECT", str(project)).replace("VICTIM", str(victim))
+    if "SYS_CLONE" in case.program and _SYS_CLONE is None:
+        pytest.skip(f"the clone syscall number of {platform.machine()} is not in this test")
+    program = (case.program.replace("SYS_CLONE", str(_SYS_CLONE)).replace("PROJECT", str(project)).replace("VICTIM", str(victim))
                .replace("UDPPORT", str(listener.udp.getsockname()[1])).replace("PORT", str(listener.tcp.getsockname()[1]))
                .replace("HOSTIP", _host_ip()).replace("SITE", site_dir).replace("STDLIB", os.path.dirname(os.__file__)))
     monkeypatch.chdir(project)

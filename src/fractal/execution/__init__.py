@@ -9,9 +9,10 @@ How it fits together:
 - isolation.py: the bubblewrap sandbox each worker lives in (PID/net/IPC/UTS namespaces,
   read-only filesystem, private size-limited /tmp and /dev/shm, hidden project and home);
   refuses to run without it unless label.isolation is `none`.
-- worker.py: the worker, PID 1 of its sandbox; forks one child per candidate with rlimits
-  (address space relative to the worker, processes, file size, fds), enforces wall time
-  and output caps, and kills every process the candidate made.
+- worker.py: the worker: a warden, PID 1 of its sandbox, and a zygote that forks one
+  child per candidate with rlimits (address space relative to the worker, processes, file
+  size, fds); the warden enforces wall and CPU time and output caps, and kills every
+  process the candidate made.
 - judge.py: why no candidate can forge a pass - the tests run in the labeler against the
   plain values the candidate returned - and the limits of that choice.
 - plain.py: the plain-data format values cross in.

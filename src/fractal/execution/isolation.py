@@ -3,9 +3,9 @@
 bwrap gives each worker its own PID, network, IPC and UTS namespaces, a read-only view of
 the filesystem, size-limited tmpfs scratch at /tmp and /dev/shm, an empty environment,
 and hides the project, the home directory and the benchmark's own package (which ships
-the tests and the reference solutions). The worker is PID 1 of its namespace, so it can
-kill every process a candidate started, `setsid` ones included, with kill(-1), and the
-namespace dies with it.
+the tests and the reference solutions). The worker (its warden) is PID 1 of its
+namespace, which a candidate cannot kill; it kills every process a candidate started,
+`setsid` ones included, by listing the namespace's /proc, and the namespace dies with it.
 
 Root and non-root differ in one point. RLIMIT_NPROC does not apply to root, so as root
 bwrap keeps CAP_SETUID/CAP_SETGID only and the worker switches to a user id of its own

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+import marshal
 import math
 import os
 import re
@@ -71,11 +72,12 @@ def _execute(todo: list[tuple[str, Generation]], by_id: dict[str, Problem], para
         print(f"label: warning: the reference solution fails its own tests on {len(broken)} problem(s) "
               f"({', '.join(broken[:5])}{'...' if len(broken) > 5 else ''}); their candidates are still judged",
               file=sys.stderr)
+    calls_json = {pid: plan.calls_json for pid, plan in plans.items()}
     tasks = []
     out: dict[str, tuple[str, str, float]] = {}
     for i, (key, g) in enumerate(todo):
         plan = plans[g.problem_id]
-        syntax = _syntax_error(g.program)
+        code, syntax = _compile(g.program)
         if syntax:
             # Compiling runs none of the candidate's code, so it need not go to the sandbox
             # (the child would report the same error from the same compiler).
@@ -87,16 +89,13 @@ def _execute(todo: list[tuple[str, Generation]], by_id: dict[str, Problem], para
             "key": key,
             "problem_id": g.problem_id,
             "program": g.program,
+            "code": code,
             "entry_point": plan.problem.entry_point,
-            "calls": plan.calls_json,
+            "calls": calls_json[g.problem_id],
             "time_limit": plan.time_limit(params.timeout_factor, params.timeout_floor, params.timeout_cap),
             "cpu_limit": plan.time_limit(params.timeout_factor, params.timeout_cpu_floor, params.timeout_cap),
-            "memory_bytes": params.memory_mb * 1024 * 1024,
-            "max_processes": params.max_processes,
-            "max_file_bytes": params.scratch_mb * 1024 * 1024,
             "max_output_bytes": params.max_output_bytes,
             "max_result_bytes": params.max_result_bytes,
-            "recursion_limit": params.recursion_limit,
         })
     n_workers = params.workers or _cores()
     if not tasks:
@@ -138,16 +137,19 @@ def _execute(todo: list[tuple[str, Generation]], by_id: dict[str, Problem], para
     return out
 
 
-def _syntax_error(program: str) -> str:
+def _compile(program: str) -> tuple[bytes, str]:
+    """(the code object, marshalled; the syntax error's type name): one of them is empty.
+    The sandbox runs the code object, so it does not parse and compile every program
+    again; compiling runs none of the candidate's code."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # SyntaxWarnings of model code are not ours to print
         try:
-            compile(program, "candidate.py", "exec", dont_inherit=True, optimize=0)
+            code = compile(program, "candidate.py", "exec", dont_inherit=True, optimize=0)
         except (SyntaxError, ValueError, OverflowError) as e:  # ValueError: NUL bytes
-            return type(e).__name__
+            return b"", type(e).__name__
         except (MemoryError, RecursionError):
-            return ""  # let the sandbox find out what this program is
-    return ""
+            return b"", ""  # let the sandbox find out what this program is
+    return marshal.dumps(code), ""
 
 
 _IMPORT = re.compile(r"^[ \t]*(?:import|from)[ \t]+([A-Za-z_][\w.]*)", re.M)

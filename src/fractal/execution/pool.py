@@ -29,6 +29,7 @@ _HEADER = struct.Struct(">I")
 _DEPTH = 2  # tasks queued per worker
 _SLACK = 10.0  # seconds beyond a task's limit before a silent worker counts as hung
 _START_TIMEOUT = 60.0
+_WIRE = ("id", "problem_id", "entry_point", "time_limit", "cpu_limit", "max_output_bytes", "max_result_bytes")
 
 
 class WorkerStartError(RuntimeError):
@@ -49,6 +50,12 @@ class _Worker:
             "preload": preload,
             "uid": self.sandbox.uid,
             "decoder_source": Path(plain.__file__).read_text(encoding="utf-8"),
+            "limits": {
+                "memory_bytes": params.memory_mb * 1024 * 1024,
+                "max_processes": params.max_processes,
+                "max_file_bytes": params.scratch_mb * 1024 * 1024,
+                "recursion_limit": params.recursion_limit,
+            },
         }
         script = Path(worker_module.__file__).read_text(encoding="utf-8")
         argv = self.sandbox.prefix + [sys.executable, "-s", "-B", "-c", script, json.dumps(config)]
@@ -71,6 +78,7 @@ class _Worker:
         self.started = time.monotonic()
         self.head_since = self.started
         self.info: dict | None = None
+        self.known_problems: set[str] = set()  # whose test inputs this worker has
 
     def take_ready(self, frames: list[bytes]) -> list[bytes]:
         """Consumes the ready frame at the head of `frames` (if not ready yet)."""
@@ -109,10 +117,19 @@ class _Worker:
         return frames
 
     def send(self, task: dict) -> None:
+        """The task's JSON line, then its code object (marshalled) if the labeler compiled
+        it, else the source goes in the JSON; the test inputs go along the first time."""
         if not self.inflight:
             self.head_since = time.monotonic()
         self.inflight.append(task)
-        body = json.dumps(task).encode()
+        header = {k: task[k] for k in _WIRE}
+        if task["problem_id"] not in self.known_problems:
+            header["calls"] = task["calls"]
+            self.known_problems.add(task["problem_id"])
+        code = task.get("code", b"")
+        if not code:
+            header["program"] = task["program"]
+        body = json.dumps(header).encode() + b"\n" + code
         self.proc.stdin.write(_HEADER.pack(len(body)) + body)
         self.proc.stdin.flush()
 

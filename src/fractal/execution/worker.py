@@ -1,23 +1,38 @@
-"""The warm worker that runs candidates, one forked child per candidate.
+"""The warm worker that runs candidates, one forked process per candidate.
 
 This file runs as a script inside the sandbox (see isolation.py), so it imports the
 standard library only and never `fractal`. The labeler also imports `encode_plain` from
 it, so that both sides speak the same plain-data format.
 
-Trust: the worker itself never executes candidate code; each candidate runs in a child
-forked from it. The worker holds only the test *inputs*, never the tests or the reference
-solution, so nothing a candidate can reach (memory, files) reveals the expected answers.
-The child reports the values the entry point returned as plain data; the trusted
-labeler replays the real tests against those values (judge.py). Whatever the child
-writes is therefore only data: a forged frame can at most claim a return value, which is
-the same as returning it.
+Three kinds of process, all in the sandbox's PID namespace:
+- the warden (PID 1): talks to the labeler, watches the running candidate (wall and CPU
+  time, output size), kills every process the candidate started, wipes the scratch;
+- the zygote, the warden's child: a copy of the warden taken once (preloaded modules,
+  decoded test inputs), which only forks a child per candidate and reaps it;
+- the candidate's process, the zygote's child, and whatever it starts.
+Why two: after a fork, every page either process writes is copied (a page fault, slow
+on a VM), and the warden's own work (pipes, polling, JSON) writes hundreds of pages a
+candidate. The zygote writes a few dozen between two forks; the warden never forks
+(but to replace a zygote), so it copies nothing.
 
-Protocol with the labeler (stdin/stdout of this process): frames of a 4-byte big-endian
-length and a body. The labeler sends JSON tasks, and {"stop": id} to end a running task
-whose verdict it already knows. For each task the worker answers one frame: a JSON
-header line, then the raw bytes the child wrote to its result pipe (the child's own
-length-prefixed JSON frames, parsed by the labeler). A candidate still running after
-50 ms also gets progress frames (header {"id", "progress": 1}) with its results so far.
+Trust: neither the warden nor the zygote executes candidate code. They hold only the test
+*inputs*, never the tests or the reference solution, so nothing a candidate can reach
+(memory, files) reveals the expected answers. The child reports the values the entry
+point returned as plain data; the trusted labeler replays the real tests against those
+values (judge.py). Whatever the child writes is therefore only data: a forged frame can
+at most claim a return value, which is the same as returning it. The warden, as PID 1,
+cannot be killed from inside the namespace; a candidate that kills (or stops) the
+zygote costs a new zygote, forked from the warden, and nothing else.
+
+Protocol with the labeler (stdin/stdout of the warden): frames of a 4-byte big-endian
+length and a body. The labeler sends tasks (a JSON line, then the candidate's code
+object, marshalled, or nothing when the source is in the JSON), and {"stop": id} to end
+a running task whose verdict it already knows. A task carries its problem's test inputs
+the first time this worker sees that problem. For each task the warden answers one
+frame: a JSON header line, then the raw bytes the child wrote to its result pipe (the
+child's own length-prefixed JSON frames, parsed by the labeler). A candidate still
+running after 50 ms also gets progress frames (header {"id", "progress": 1}) with its
+results so far.
 """
 from __future__ import annotations
 
@@ -25,6 +40,8 @@ import base64
 import builtins
 import gc
 import json
+import json.encoder
+import marshal
 import os
 import resource
 import select
@@ -39,6 +56,8 @@ _MAX_SAFE_INT = 2**53
 _RESULT_FD = 3
 _PROGRESS_AFTER = 0.05  # seconds a candidate runs before its partial results are sent
 _PROGRESS_EVERY = 0.05
+_ZYGOTE_TIMEOUT = 10.0  # seconds for the zygote to fork or reap before it counts as stuck
+_STATUS = struct.Struct(">i")
 
 
 # ---------------------------------------------------------------------------------------
@@ -128,12 +147,35 @@ def _send(fd: int, body: bytes) -> None:
     _write_all(fd, _HEADER.pack(len(body)) + body)
 
 
+def _read_exact(fd: int, n: int) -> bytes | None:
+    """n bytes from a blocking fd; None at end of file."""
+    data = b""
+    while len(data) < n:
+        more = os.read(fd, n - len(data))
+        if not more:
+            return None
+        data += more
+    return data
+
+
 # ---------------------------------------------------------------------------------------
 # The child: runs one candidate. Everything after the candidate's first line is untrusted.
 # ---------------------------------------------------------------------------------------
+# json.dumps(obj, allow_nan=True) without building an encoder for every call: a child's
+# first json.dumps writes twice the pages this one does. No circular check is needed:
+# what is encoded is a fresh tree from encode_plain.
+_ENCODER = json.encoder.c_make_encoder and json.encoder.c_make_encoder(
+    None, json.encoder.JSONEncoder().default, json.encoder.encode_basestring_ascii, None, ": ", ", ",
+    False, False, True)
+
+
+def _dumps(obj) -> str:
+    return "".join(_ENCODER(obj, 0)) if _ENCODER else json.dumps(obj, allow_nan=True)
+
+
 def _frame(obj) -> None:
     try:
-        body = json.dumps(obj, allow_nan=True).encode()
+        body = _dumps(obj).encode()
     except Exception:
         body = json.dumps({"r": {"o": ["unencodable", True]}}).encode()
     try:
@@ -147,50 +189,49 @@ def _exc_name(e: BaseException) -> str:
 
 
 def _vm_bytes() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmSize:"):
-                return int(line.split()[1]) * 1024
-    return 0
+    fd = os.open("/proc/self/statm", os.O_RDONLY)
+    try:
+        return int(os.read(fd, 100).split()[0]) * resource.getpagesize()
+    finally:
+        os.close(fd)
 
 
-def _set_limits(task: dict) -> None:
-    mem = task["worker_vm_bytes"] + task["memory_bytes"]
+def _set_limits(limits: dict) -> None:
+    # Relative to what this process maps, the zygote's mapping (a worker that preloaded
+    # torch must not fail every candidate with MemoryError).
+    mem = _vm_bytes() + limits["memory_bytes"]
     resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
-    resource.setrlimit(resource.RLIMIT_NPROC, (task["max_processes"], task["max_processes"]))
-    resource.setrlimit(resource.RLIMIT_FSIZE, (task["max_file_bytes"], task["max_file_bytes"]))
+    resource.setrlimit(resource.RLIMIT_NPROC, (limits["max_processes"], limits["max_processes"]))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limits["max_file_bytes"], limits["max_file_bytes"]))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
 
 
-def _child(task: dict, res_w: int, out_w: int, devnull: int) -> None:
+def _child(body: bytes, zygote: "Zygote") -> None:
     # Until the candidate's code starts, this is the worker's own (trusted) code.
-    if _raw_fork is None and "random" in sys.modules:
-        sys.modules["random"].seed(0)  # os.fork's hook reseeded it from the OS
     os.setsid()
-    os.dup2(devnull, 0)
-    os.dup2(out_w, 1)
-    os.dup2(out_w, 2)
-    if res_w != _RESULT_FD:
-        os.dup2(res_w, _RESULT_FD)
-    os.closerange(_RESULT_FD + 1, 65536)  # the labeler's pipes among them
-    for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2, signal.SIGALRM):
-        signal.signal(s, signal.SIG_DFL)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a too-big file is an OSError, not a kill
+    os.dup2(zygote.devnull, 0)
+    os.dup2(zygote.out_w, 1)
+    os.dup2(zygote.out_w, 2)
+    if zygote.res_w != _RESULT_FD:
+        os.dup2(zygote.res_w, _RESULT_FD)
+    os.closerange(_RESULT_FD + 1, 65536)  # the zygote's and the warden's pipes among them
+    os.chdir(zygote.scratch)
     _set_dumpable(True)  # so that /proc/self stays readable to the candidate
-    _set_limits(task)
-    sys.setrecursionlimit(task["recursion_limit"])
+    _set_limits(zygote.limits)
+    gc.enable()
     # sys.stdin/stdout/stderr already wrap fds 0, 1 and 2, now /dev/null and the output pipe.
-    sys.argv = ["candidate.py"]
 
-    # Decoded before the candidate runs, so nothing it patches touches the inputs; each
-    # call gets objects of its own, so a call that mutates its arguments changes no other.
-    from fractal_plain_decode import decode_plain  # type: ignore  # installed by main()
-
-    calls = [(decode_plain(args), decode_plain(kwargs)) for args, kwargs in json.loads(task["calls"])]
+    problem_id, entry_point, code_bytes, source = marshal.loads(body)
+    # Decoded in the zygote before this process existed, so nothing the candidate patches
+    # touches the inputs; each call has objects of its own, so a call that mutates its
+    # arguments changes no other.
+    calls = zygote.calls[problem_id]
     try:
-        code = compile(task["program"], "candidate.py", "exec")
+        if code_bytes:
+            code = marshal.loads(code_bytes)  # compiled by the labeler (which found no syntax error)
+        else:
+            code = compile(source, "candidate.py", "exec", dont_inherit=True)
     except (SyntaxError, ValueError, OverflowError) as e:  # ValueError: NUL bytes in source
         _frame({"syntax": _exc_name(e)})
         return
@@ -200,14 +241,10 @@ def _child(task: dict, res_w: int, out_w: int, devnull: int) -> None:
     # The candidate gets its own copy of the builtins module (also under `import builtins`),
     # so patching `len` or `isinstance` there does not break this harness, whose functions
     # keep the real one. (A candidate that digs the real one out can only garble its own
-    # report, which is plain data judged outside.)
-    own_builtins = types.ModuleType("builtins")
-    own_builtins.__dict__.update(builtins.__dict__)
-    sys.modules["builtins"] = own_builtins
-    # A real module, so that pickle (multiprocessing) finds the candidate's functions.
-    module = types.ModuleType("__candidate__")
-    module.__file__ = "candidate.py"
-    module.__builtins__ = own_builtins
+    # report, which is plain data judged outside.) Both modules were made by the zygote;
+    # each child has its own pristine copy of them.
+    sys.modules["builtins"] = zygote.builtins
+    module = zygote.module
     sys.modules["__candidate__"] = module
     env = module.__dict__
     try:
@@ -216,7 +253,7 @@ def _child(task: dict, res_w: int, out_w: int, devnull: int) -> None:
         _frame({"x": _exc_name(e)})
         return
     _frame({"load": 1})
-    fn = env.get(task["entry_point"])
+    fn = env.get(entry_point)
     if fn is None:
         _frame({"x": "NameError"})
         return
@@ -234,7 +271,7 @@ def _child(task: dict, res_w: int, out_w: int, devnull: int) -> None:
 
 
 # ---------------------------------------------------------------------------------------
-# The worker
+# The zygote
 # ---------------------------------------------------------------------------------------
 _libc = None
 
@@ -249,31 +286,110 @@ def _prctl(option: int, arg: int) -> None:
         raise OSError(ctypes.get_errno(), f"prctl({option}) failed")
 
 
-_raw_fork = None  # libc's fork(), set by main() when the worker has one thread
-
-
-def _fork() -> int:
-    """fork(), without Python's at-fork hooks where the worker is single-threaded. The
-    hooks (threading's and random's) write to ~100 pages that the child then copies, 0.3 ms
-    a candidate on a VM with slow page faults; with one thread there is no lock another
-    thread could hold, which is what they are for."""
-    if _raw_fork is None:
-        return os.fork()
-    pid = _raw_fork()
-    if pid < 0:
-        import ctypes
-
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-    return pid
-
-
 def _set_dumpable(on: bool) -> None:
     _prctl(4, 1 if on else 0)  # PR_SET_DUMPABLE
 
 
-def _descendants_of(pid: int) -> list[int]:
-    """Children of `pid` (orphans come to us too, as we are a subreaper)."""
+class Zygote:
+    """Forks one child per candidate and reaps it; messages from the warden on `ctl`:
+    b"C" problem id, newline, test inputs (JSON) - decode and keep them; b"T" task -
+    fork a child for it and answer its pid; b"R" - reap that child (the warden has killed
+    it) and answer its wait status. Answers are 4-byte signed integers on `answers`."""
+
+    def __init__(self, ctl: int, answers: int, res_w: int, out_w: int, devnull: int, scratch: str, limits: dict):
+        self.ctl = ctl
+        self.answers = answers
+        self.res_w = res_w
+        self.out_w = out_w
+        self.devnull = devnull
+        self.scratch = scratch
+        self.limits = limits
+        self.calls: dict[str, list] = {}
+        self.builtins = types.ModuleType("builtins")
+        self.builtins.__dict__.update(builtins.__dict__)
+        self.module = types.ModuleType("__candidate__")  # a real module, so pickle finds its functions
+        self.module.__file__ = "candidate.py"
+        self.module.__builtins__ = self.builtins
+        sys.argv = ["candidate.py"]
+        sys.setrecursionlimit(limits["recursion_limit"])
+        # The candidate's signal dispositions, set once here rather than in every child
+        # (a first signal.signal() in a child writes ~100 pages): a candidate may kill
+        # the zygote with them, which costs a new zygote, nothing more.
+        for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2, signal.SIGALRM):
+            signal.signal(s, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a too-big file is an OSError, not a kill
+        if "random" in sys.modules:
+            # Candidates that use `random` unseeded get the same numbers in every run, so
+            # their labels are reproducible (as PYTHONHASHSEED makes set order).
+            sys.modules["random"].seed(0)
+        self.fork = os.fork
+        if len(os.listdir("/proc/self/task")) == 1:
+            import ctypes
+
+            # libc's fork() skips Python's at-fork hooks (threading's and random's), which
+            # write ~100 pages that the child then copies; with one thread there is no
+            # lock another thread could hold, which is what they are for. PyDLL: called
+            # holding the GIL, so the child starts holding it, as after os.fork.
+            self.fork = ctypes.PyDLL(None, use_errno=True).fork
+
+    def serve(self) -> None:
+        # Nothing the zygote allocates is garbage; the children collect their own.
+        gc.disable()
+        gc.collect()
+        gc.freeze()
+        child = 0
+        while True:
+            head = _read_exact(self.ctl, 5)
+            if head is None:
+                return
+            kind = head[:1]
+            body = _read_exact(self.ctl, _HEADER.unpack_from(head, 1)[0])
+            if body is None:
+                return
+            if kind == b"T":
+                child = self.fork()
+                if child == 0:
+                    try:
+                        _child(body, self)
+                    finally:
+                        os._exit(0)
+                os.write(self.answers, _STATUS.pack(child))  # negative: fork failed
+            elif kind == b"R":
+                os.write(self.answers, _STATUS.pack(self._reap(child)))
+            elif kind == b"C":
+                from fractal_plain_decode import decode_plain  # type: ignore  # installed by main()
+
+                problem_id, _, calls = body.partition(b"\n")
+                self.calls[problem_id.decode()] = [(decode_plain(args), decode_plain(kwargs))
+                                                   for args, kwargs in json.loads(calls)]
+                gc.freeze()
+
+    def _reap(self, child: int) -> int:
+        status = -1
+        while True:  # the child is dead or dying: the warden has killed it
+            try:
+                pid, st = os.waitpid(-1, 0)
+            except ChildProcessError:
+                break
+            if pid == child:
+                status = st
+                break
+        while True:  # siblings a candidate made with clone(CLONE_PARENT), if dead already
+            try:
+                pid, _ = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+        return status
+
+
+# ---------------------------------------------------------------------------------------
+# The warden
+# ---------------------------------------------------------------------------------------
+def _children_of(parents: set[int]) -> list[int]:
+    """Processes whose parent is in `parents` (orphans come to the warden, a subreaper)."""
     out = []
     for name in os.listdir("/proc"):
         if not name.isdigit():
@@ -284,27 +400,42 @@ def _descendants_of(pid: int) -> list[int]:
         except OSError:
             continue
         fields = stat[stat.rfind(b")") + 2 :].split()
-        if int(fields[1]) == pid:
+        if int(fields[1]) in parents:
             out.append(int(name))
     return out
 
 
-class Worker:
-    def __init__(self, as_init: bool, scratch: str, from_labeler: int, to_labeler: int):
+class Warden:
+    def __init__(self, as_init: bool, scratch: str, limits: dict, from_labeler: int, to_labeler: int):
         self.as_init = as_init
+        self.me = os.getpid()
         self.scratch = scratch
+        self.limits = limits
         self.from_labeler = from_labeler
         self.to_labeler = to_labeler
         self.devnull = os.open(os.devnull, os.O_RDWR)
+        # The candidates' result and output pipes, for the whole life of the worker: a
+        # zygote (and so each child) inherits the write ends. Between two candidates
+        # every process but the warden and the zygote is dead, and neither writes, so
+        # what is drained then cannot mix into the next candidate's results.
+        self.res_r, self.res_w = os.pipe()
+        self.out_r, self.out_w = os.pipe()
+        os.set_blocking(self.res_r, False)
+        os.set_blocking(self.out_r, False)
         self.statuses: dict[int, int] = {}
         self.inbox = bytearray()
-        self.tasks: list[dict] = []
+        self.tasks: list[tuple[dict, bytes]] = []
         self.stops: set[int] = set()
         self.closed = False
+        self.calls: dict[str, str] = {}  # test inputs (JSON) of every problem seen
+        self.zygote = 0  # its pid; 0: none running
+        self.zygote_knows: set[str] = set()
+        self.ctl = self.answers = -1
 
+    # -- the labeler --------------------------------------------------------------------
     def pump(self) -> None:
         """Reads what the labeler sent: tasks queue up, stops mark a task to end."""
-        b = os.read(self.from_labeler, 1 << 20)
+        b = os.read(self.from_labeler, 1 << 16)
         if not b:
             self.closed = True
         self.inbox += b
@@ -312,49 +443,180 @@ class Worker:
             (n,) = _HEADER.unpack_from(self.inbox)
             if len(self.inbox) < 4 + n:
                 break
-            msg = json.loads(bytes(self.inbox[4 : 4 + n]))
+            body = bytes(self.inbox[4 : 4 + n])
             del self.inbox[: 4 + n]
+            header, _, code = body.partition(b"\n")
+            msg = json.loads(header)
             if "stop" in msg:
                 self.stops.add(msg["stop"])
             else:
-                self.tasks.append(msg)
+                self.tasks.append((msg, code))
 
-    def next_task(self) -> dict | None:
+    def next_task(self) -> tuple[dict, bytes] | None:
         while not self.tasks and not self.closed:
             self.pump()
         return self.tasks.pop(0) if self.tasks else None
 
-    def kill_all(self) -> None:
-        """Kills every process the candidate started, setsid ones included, and reaps them."""
-        me = os.getpid()
-        for _ in range(1000):
-            if self.as_init:
-                # As PID 1 of the sandbox's PID namespace, kill(-1) reaches every other
-                # process in it and nothing outside it.
+    # -- the zygote ---------------------------------------------------------------------
+    def start_zygote(self) -> None:
+        ctl_r, ctl_w = os.pipe()
+        ans_r, ans_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                for fd in (self.from_labeler, self.to_labeler, self.res_r, self.out_r, ctl_w, ans_r):
+                    os.close(fd)
+                Zygote(ctl_r, ans_w, self.res_w, self.out_w, self.devnull, self.scratch, self.limits).serve()
+            finally:
+                os._exit(0)
+        os.close(ctl_r)
+        os.close(ans_w)
+        self.zygote, self.ctl, self.answers = pid, ctl_w, ans_r
+        self.zygote_knows = set()
+
+    def close(self) -> None:
+        if self.zygote:
+            os.close(self.ctl)  # the zygote exits at the end of its input
+            try:
+                os.waitpid(self.zygote, 0)
+            except ChildProcessError:
+                pass
+            self._forget_zygote()
+
+    def stop_zygote(self) -> None:
+        """Kills the zygote (stuck, or made unusable by a candidate); a new one starts
+        when the next task comes. Its children, if any, come to the warden."""
+        if self.zygote:
+            try:
+                os.kill(self.zygote, signal.SIGKILL)
+                os.waitpid(self.zygote, 0)
+            except (ProcessLookupError, ChildProcessError):
+                pass
+        self._forget_zygote()
+
+    def _forget_zygote(self) -> None:
+        if self.answers >= 0:
+            for fd in (self.ctl, self.answers):
                 try:
-                    os.kill(-1, signal.SIGKILL)
+                    os.close(fd)
+                except OSError:  # closed by close()
+                    pass
+        self.zygote, self.ctl, self.answers = 0, -1, -1
+
+    def _tell(self, kind: bytes, body: bytes) -> None:
+        _write_all(self.ctl, kind + _HEADER.pack(len(body)) + body)
+
+    def _answer(self) -> int | None:
+        """The zygote's next answer; None if it died or did not answer in time."""
+        if not select.select([self.answers], [], [], _ZYGOTE_TIMEOUT)[0]:
+            return None
+        data = _read_exact(self.answers, _STATUS.size)
+        return None if data is None else _STATUS.unpack(data)[0]
+
+    def _spawn(self, problem_id: str, body: bytes) -> int | None:
+        """Has the zygote fork a child for `body`; its pid, or None if that failed twice."""
+        for _ in range(2):
+            if not self.zygote:
+                self.start_zygote()
+            try:
+                if problem_id not in self.zygote_knows:
+                    self._tell(b"C", problem_id.encode() + b"\n" + self.calls[problem_id].encode())
+                    self.zygote_knows.add(problem_id)
+                self._tell(b"T", body)
+                pid = self._answer()
+            except OSError:  # BrokenPipeError: the zygote is gone
+                pid = None
+            if pid is not None and pid > 0:
+                return pid
+            # The zygote died, hung or could not fork: whatever it started must not run on.
+            self.stop_zygote()
+            self._sweep()
+        return None
+
+    # -- one candidate ------------------------------------------------------------------
+    def run(self, task: dict, code: bytes) -> tuple[dict, bytes]:
+        problem_id = task["problem_id"]
+        if "calls" in task:
+            self.calls[problem_id] = task["calls"]
+        body = marshal.dumps((problem_id, task["entry_point"], code, "" if code else task["program"]))
+        self.statuses.clear()
+        start = time.monotonic()
+        pid = self._spawn(problem_id, body)
+        if pid is None:
+            return {"end": "worker", "code": 0, "duration": 0.0, "detail": "could not fork a candidate"}, b""
+        header, payload = self._watch(task, pid, start)
+        status = self.kill_all(pid)
+        if header["end"] == "exit" and status is not None:
+            if os.WIFSIGNALED(status):
+                header["end"] = "signal"
+                header["code"] = os.WTERMSIG(status)
+            else:
+                header["code"] = os.WEXITSTATUS(status)
+        self.wipe_scratch()
+        return header, payload
+
+    def _others(self) -> list[int]:
+        """Every process but the warden and the zygote: what a candidate left."""
+        if self.as_init:
+            # Our PID namespace: its /proc lists only the sandbox's processes.
+            return [pid for pid in map(int, filter(str.isdigit, os.listdir("/proc"))) if pid != 1 and pid != self.zygote]
+        return [pid for pid in _children_of({self.me, self.zygote}) if pid != self.zygote]
+
+    def kill_all(self, child: int) -> int | None:
+        """Kills every process the candidate started, setsid ones included, and reaps
+        them; the candidate's wait status (None if unknown)."""
+        for pid in self._others():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        status = None
+        if self.zygote:
+            try:
+                os.kill(self.zygote, signal.SIGCONT)  # a candidate may have stopped it
+                self._tell(b"R", b"")
+                status = self._answer()
+            except OSError:
+                status = None
+            if status is None or status == -1:
+                status = None
+                self.stop_zygote()
+        self._sweep()
+        return status if status is not None else self.statuses.get(child)
+
+    def _sweep(self) -> None:
+        """Kills and reaps until no process but the warden and the zygote is left, then
+        empties the result and output pipes of what the dead wrote."""
+        for i in range(1000):
+            self._reap()
+            others = self._others()
+            if not others:
+                break
+            if i == 100:
+                # Still there after 0.1 s: a zombie only the zygote could reap (a sibling
+                # a candidate made with CLONE_PARENT) or a stuck zygote. A new one, then.
+                self.stop_zygote()
+            for pid in others:
+                try:
+                    os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
-            else:
-                for pid in _descendants_of(me):
-                    try:
-                        os.kill(pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
-            reaped_all = self._reap()
-            if reaped_all:
-                return
             time.sleep(0.001)
+        self._reap()
+        for fd in (self.res_r, self.out_r):
+            _drain(fd)
 
-    def _reap(self) -> bool:
+    def _reap(self) -> None:
         while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
-                return True
+                return
             if pid == 0:
-                return False
+                return
             self.statuses[pid] = status
+            if pid == self.zygote:  # a candidate killed it
+                self._forget_zygote()
 
     def wipe_scratch(self) -> None:
         for root in (self.scratch, "/dev/shm" if self.as_init else None):
@@ -365,40 +627,7 @@ class Worker:
                     pass
                 _wipe(root)
 
-    def run(self, task: dict) -> tuple[dict, bytes]:
-        res_r, res_w = os.pipe()
-        out_r, out_w = os.pipe()
-        self.statuses.clear()
-        # Relative to what this worker maps (a forked child starts with the same), so a
-        # worker that preloaded torch does not fail every candidate with MemoryError.
-        task["worker_vm_bytes"] = _vm_bytes()
-        start = time.monotonic()
-        pid = _fork()
-        if pid == 0:
-            try:
-                os.close(res_r)
-                os.close(out_r)
-                os.chdir(self.scratch)
-                _child(task, res_w, out_w, self.devnull)
-            finally:
-                os._exit(0)
-        os.close(res_w)
-        os.close(out_w)
-        header, payload = self._watch(task, pid, res_r, out_r, start)
-        self.kill_all()
-        os.close(res_r)
-        os.close(out_r)
-        if header["end"] == "exit":
-            status = self.statuses.get(pid)
-            if status is not None and os.WIFSIGNALED(status):
-                header["end"] = "signal"
-                header["code"] = os.WTERMSIG(status)
-            elif status is not None:
-                header["code"] = os.WEXITSTATUS(status)
-        self.wipe_scratch()
-        return header, payload
-
-    def _watch(self, task: dict, pid: int, res_r: int, out_r: int, start: float) -> tuple[dict, bytes]:
+    def _watch(self, task: dict, pid: int, start: float) -> tuple[dict, bytes]:
         deadline = start + task["time_limit"]
         # The CPU-time limit: a busy candidate is stopped once it has used `cpu_limit` of
         # CPU, however loaded the machine (on a loaded one, the wall limit would stop it
@@ -408,9 +637,10 @@ class Worker:
         cpu_clock = (~pid << 3) | 2  # Linux: the CPU clock of process `pid` (MAKE_PROCESS_CPUCLOCK)
         cpu_check = start + cpu_limit
         cpu_timeout = False
+        # The child is the zygote's until the warden has it reaped, so the pid stays its.
         pidfd = os.pidfd_open(pid)
         poller = select.poll()
-        for fd in (res_r, out_r, pidfd, self.from_labeler):
+        for fd in (self.res_r, self.out_r, pidfd, self.from_labeler):
             poller.register(fd, select.POLLIN)
         result = bytearray()
         out_bytes = 0
@@ -447,32 +677,22 @@ class Worker:
                             poller.unregister(fd)
                     elif fd == pidfd:
                         end = "exit"
-                    elif fd == res_r:
-                        b = os.read(res_r, 1 << 16)
-                        if not b:
-                            poller.unregister(res_r)
-                        result += b
+                    elif fd == self.res_r:
+                        result += _read_some(self.res_r)
                         if len(result) > task["max_result_bytes"]:
                             end = "output_limit"
                     else:
-                        b = os.read(out_r, 1 << 16)
-                        if not b:
-                            poller.unregister(out_r)
-                        out_bytes += len(b)
+                        out_bytes += len(_read_some(self.out_r))
                         if out_bytes > task["max_output_bytes"]:
                             end = "output_limit"
             if end == "exit":
-                # The child is gone; what it wrote is in the pipe (or held open by its
-                # own children, which die next).
-                os.set_blocking(res_r, False)
-                try:
-                    while len(result) <= task["max_result_bytes"]:
-                        b = os.read(res_r, 1 << 16)
-                        if not b:
-                            break
-                        result += b
-                except BlockingIOError:
-                    pass
+                # The child is gone; what it wrote is in the pipe (its own children, still
+                # alive, may add more until they die next: that is not its result).
+                while len(result) <= task["max_result_bytes"]:
+                    b = _read_some(self.res_r)
+                    if not b:
+                        break
+                    result += b
         finally:
             os.close(pidfd)
         duration = time.monotonic() - start
@@ -480,6 +700,18 @@ class Worker:
         if cpu_timeout:
             header["cpu_limit"] = cpu_limit
         return header, bytes(result[: task["max_result_bytes"]])
+
+
+def _read_some(fd: int) -> bytes:
+    try:
+        return os.read(fd, 1 << 16)
+    except BlockingIOError:
+        return b""
+
+
+def _drain(fd: int) -> None:
+    while _read_some(fd):
+        pass
 
 
 def _cpu_seconds(clock: int) -> float:
@@ -509,7 +741,6 @@ def _remove(path: str) -> None:
 
 
 def main() -> None:
-    global _raw_fork
     config = json.loads(sys.argv[1])
     # Take the labeler's pipes off fds 0 and 1, so that nothing the candidate inherits
     # or guesses reaches them; children close them anyway.
@@ -525,8 +756,8 @@ def main() -> None:
     if not as_init:
         _prctl(36, 1)  # PR_SET_CHILD_SUBREAPER: orphans (setsid ones too) come back to us
     sys.path[:] = [p for p in sys.path if p and os.path.abspath(p) != os.path.abspath(config["scratch"])]
-    # The decoder goes into sys.modules under a private name, so the child can import
-    # it after the candidate's code ran without a path lookup.
+    # The decoder goes into sys.modules under a private name, so the zygote can import it
+    # without a path lookup.
     decoder = types.ModuleType("fractal_plain_decode")
     exec(compile(config["decoder_source"], "fractal_plain_decode", "exec"), decoder.__dict__)
     sys.modules["fractal_plain_decode"] = decoder
@@ -535,19 +766,10 @@ def main() -> None:
             __import__(name)
         except Exception:
             pass
-    # Candidates that use `random` unseeded get the same numbers in every run, so their
-    # labels are reproducible (as PYTHONHASHSEED makes set order).
-    if "random" in sys.modules:
-        sys.modules["random"].seed(0)
     # Objects that exist now are never collected; the children's collections then do not
     # touch (and copy) the pages they live in.
     gc.collect()
     gc.freeze()
-    if len(os.listdir("/proc/self/task")) == 1:
-        import ctypes
-
-        # PyDLL: called holding the GIL, so the child starts holding it, as after os.fork.
-        _raw_fork = ctypes.PyDLL(None, use_errno=True).fork
     if config.get("uid") is not None:
         # Root only: run candidates as a user of their own, so RLIMIT_NPROC applies
         # (root is exempt from it) and nothing of root's is writable.
@@ -555,15 +777,20 @@ def main() -> None:
         os.setgid(config["uid"])
         os.setuid(config["uid"])
     _prctl(38, 1)  # PR_SET_NO_NEW_PRIVS: no setuid binary can give privileges back
-    _set_dumpable(False)  # candidates (same uid) cannot ptrace us or open /proc/1/fd
-    worker = Worker(as_init, config["scratch"], from_labeler, to_labeler)
+    # Candidates (same uid) cannot ptrace the warden or the zygote, nor open their fds in
+    # /proc; a child makes itself dumpable again.
+    _set_dumpable(False)
+    warden = Warden(as_init, config["scratch"], config["limits"], from_labeler, to_labeler)
+    warden.start_zygote()
     _send(to_labeler, json.dumps({"ready": os.getpid(), "as_init": as_init, "uid": os.getuid()}).encode())
     while True:
-        task = worker.next_task()
-        if task is None:
+        item = warden.next_task()
+        if item is None:
+            warden.close()  # the zygote's CPU time then counts among the warden's children
             return
-        header, payload = worker.run(task)
-        worker.stops.discard(task["id"])
+        task, code = item
+        header, payload = warden.run(task, code)
+        warden.stops.discard(task["id"])
         header["id"] = task["id"]
         _send(to_labeler, json.dumps(header).encode() + b"\n" + payload)
 
