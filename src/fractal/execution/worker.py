@@ -56,6 +56,7 @@ _MAX_SAFE_INT = 2**53
 _RESULT_FD = 3
 _PROGRESS_AFTER = 0.05  # seconds a candidate runs before its partial results are sent
 _PROGRESS_EVERY = 0.05
+_MUTE = 0.001  # seconds the warden leaves the result and output pipes after reading them
 _ZYGOTE_TIMEOUT = 10.0  # seconds for the zygote to fork or reap before it counts as stuck
 _STATUS = struct.Struct(">i")
 
@@ -545,7 +546,7 @@ class Warden:
         if pid is None:
             return {"end": "worker", "code": 0, "duration": 0.0, "detail": "could not fork a candidate"}, b""
         header, payload = self._watch(task, pid, start)
-        status = self.kill_all(pid)
+        status = self.kill_all(pid, exited=header["end"] == "exit")
         if header["end"] == "exit" and status is not None:
             if os.WIFSIGNALED(status):
                 header["end"] = "signal"
@@ -562,10 +563,11 @@ class Warden:
             return [pid for pid in map(int, filter(str.isdigit, os.listdir("/proc"))) if pid != 1 and pid != self.zygote]
         return [pid for pid in _children_of({self.me, self.zygote}) if pid != self.zygote]
 
-    def kill_all(self, child: int) -> int | None:
+    def kill_all(self, child: int, exited: bool) -> int | None:
         """Kills every process the candidate started, setsid ones included, and reaps
         them; the candidate's wait status (None if unknown)."""
-        for pid in self._others():
+        others = self._others()
+        for pid in others:
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
@@ -581,7 +583,13 @@ class Warden:
             if status is None or status == -1:
                 status = None
                 self.stop_zygote()
-        self._sweep()
+        if exited and others == [child] and status is not None:
+            # The child had exited and nothing else was there, so nothing can have been
+            # made since: the zygote has reaped it; only the pipes need emptying.
+            for fd in (self.res_r, self.out_r):
+                _drain(fd)
+        else:
+            self._sweep()
         return status if status is not None else self.statuses.get(child)
 
     def _sweep(self) -> None:
@@ -647,9 +655,17 @@ class Warden:
         end = None
         reported = 0  # bytes of results already shown to the labeler
         next_report = start + _PROGRESS_AFTER
+        # After reading the pipes, leave them for a millisecond: a child writes a frame
+        # per call, and waking for each costs more than the whole wait (the pipes hold
+        # what comes meanwhile; the child's exit still wakes us at once).
+        muted_until = 0.0
         try:
             while end is None:
                 now = time.monotonic()
+                if muted_until and now >= muted_until:
+                    poller.register(self.res_r, select.POLLIN)
+                    poller.register(self.out_r, select.POLLIN)
+                    muted_until = 0.0
                 left = deadline - now
                 if left <= 0:
                     end = "timeout"
@@ -668,6 +684,9 @@ class Warden:
                     next_report = now + _PROGRESS_EVERY
                 wait = min(left, max(0.0, next_report - now)) if len(result) > reported else left
                 wait = min(wait, max(0.0, cpu_check - now))
+                if muted_until:
+                    wait = min(wait, muted_until - now)
+                read = False
                 for fd, _ in poller.poll(max(1, int(wait * 1000))):
                     if fd == self.from_labeler:
                         self.pump()
@@ -679,12 +698,18 @@ class Warden:
                         end = "exit"
                     elif fd == self.res_r:
                         result += _read_some(self.res_r)
+                        read = True
                         if len(result) > task["max_result_bytes"]:
                             end = "output_limit"
                     else:
                         out_bytes += len(_read_some(self.out_r))
+                        read = True
                         if out_bytes > task["max_output_bytes"]:
                             end = "output_limit"
+                if read and not muted_until:
+                    poller.unregister(self.res_r)
+                    poller.unregister(self.out_r)
+                    muted_until = time.monotonic() + _MUTE
             if end == "exit":
                 # The child is gone; what it wrote is in the pipe (its own children, still
                 # alive, may add more until they die next: that is not its result).
