@@ -63,77 +63,80 @@ def label_candidates(problems: list[Problem], generations: list[Generation], par
 
 def _execute(todo: list[tuple[str, Generation]], by_id: dict[str, Problem], params: LabelParams,
              cache: LabelCache) -> dict[str, tuple[str, str, float]]:
-    plans: dict[str, TestPlan] = {}
-    for pid in tqdm(sorted({g.problem_id for _, g in todo}), desc="label: record tests", unit="problem",
-                    leave=False):
-        plans[pid] = plan_tests(by_id[pid])
-    broken = [pid for pid, p in plans.items() if not p.reference_passed]
-    if broken:
-        print(f"label: warning: the reference solution fails its own tests on {len(broken)} problem(s) "
-              f"({', '.join(broken[:5])}{'...' if len(broken) > 5 else ''}); their candidates are still judged",
-              file=sys.stderr)
-    calls_json = {pid: plan.calls_json for pid, plan in plans.items()}
-    tasks = []
-    out: dict[str, tuple[str, str, float]] = {}
-    for i, (key, g) in enumerate(todo):
-        plan = plans[g.problem_id]
-        code, syntax = _compile(g.program)
-        if syntax:
-            # Compiling runs none of the candidate's code, so it need not go to the sandbox
-            # (the child would report the same error from the same compiler).
-            out[key] = ("syntax_error", syntax, 0.0)
-            cache.put(key, "syntax_error", syntax, 0.0)
-            continue
-        tasks.append({
-            "id": i,
-            "key": key,
-            "problem_id": g.problem_id,
-            "program": g.program,
-            "code": code,
-            "entry_point": plan.problem.entry_point,
-            "calls": calls_json[g.problem_id],
-            "time_limit": plan.time_limit(params.timeout_factor, params.timeout_floor, params.timeout_cap),
-            "cpu_limit": plan.time_limit(params.timeout_factor, params.timeout_cpu_floor, params.timeout_cap),
-            "max_output_bytes": params.max_output_bytes,
-            "max_result_bytes": params.max_result_bytes,
-        })
     n_workers = params.workers or _cores()
-    if not tasks:
-        return out
-    groups = _groups(tasks, params, n_workers)
-    verdicts: dict[tuple, tuple[str, str]] = {}  # same outputs of the same problem: same verdict
-    passed = 0
-    done = [0] * len(groups)
-    finished = [0.0] * len(groups)
+    groups, group_of = _groups([g.program for _, g in todo], params, n_workers)
+    out: dict[str, tuple[str, str, float]] = {}
     start = time.monotonic()
-    with tqdm(total=len(tasks), desc="label", unit="program", smoothing=0.05) as bar, \
-            WorkerPool(params, [(preload, n) for preload, n, _ in groups], Path(params.cache_dir) / "logs") as pool:
-        for task, header, payload in pool.run(tasks, idle=cache.flush_if_due):
-            plan = plans[task["problem_id"]]
-            if header.get("progress"):
-                if judge(plan, header, payload, task["time_limit"], partial=True) is not None:
-                    pool.stop(task)
+    # The workers start (and import their preloads) while the tests are recorded and the
+    # programs compiled here.
+    with WorkerPool(params, groups, Path(params.cache_dir) / "logs") as pool:
+        plans: dict[str, TestPlan] = {}
+        for pid in tqdm(sorted({g.problem_id for _, g in todo}), desc="label: record tests", unit="problem",
+                        leave=False):
+            plans[pid] = plan_tests(by_id[pid])
+        broken = [pid for pid, p in plans.items() if not p.reference_passed]
+        if broken:
+            print(f"label: warning: the reference solution fails its own tests on {len(broken)} problem(s) "
+                  f"({', '.join(broken[:5])}{'...' if len(broken) > 5 else ''}); their candidates are still judged",
+                  file=sys.stderr)
+        calls_json = {pid: plan.calls_json for pid, plan in plans.items()}
+        tasks = []
+        for i, (key, g) in enumerate(todo):
+            plan = plans[g.problem_id]
+            code, syntax = _compile(g.program)
+            if syntax:
+                # Compiling runs none of the candidate's code, so it need not go to the
+                # sandbox (the child would report the same error from the same compiler).
+                out[key] = ("syntax_error", syntax, 0.0)
+                cache.put(key, "syntax_error", syntax, 0.0)
                 continue
-            memo = (task["problem_id"], header.get("end"), header.get("code"), payload)
-            verdict = verdicts.get(memo)
-            if verdict is None:
-                verdict = judge(plan, header, payload, task["time_limit"])
-                verdicts[memo] = verdict
-            status, detail = verdict
-            duration = float(header.get("duration", 0.0))
-            out[task["key"]] = (status, detail, duration)
-            cache.put(task["key"], status, detail, duration)
-            passed += status == "passed"
-            done[task["group"]] += 1
-            finished[task["group"]] = time.monotonic() - start
-            bar.update(1)
-            bar.set_postfix(passed=passed, refresh=False)
+            tasks.append({
+                "id": i,
+                "key": key,
+                "group": group_of[i],
+                "problem_id": g.problem_id,
+                "program": g.program,
+                "code": code,
+                "entry_point": plan.problem.entry_point,
+                "calls": calls_json[g.problem_id],
+                "time_limit": plan.time_limit(params.timeout_factor, params.timeout_floor, params.timeout_cap),
+                "cpu_limit": plan.time_limit(params.timeout_factor, params.timeout_cpu_floor, params.timeout_cap),
+                "max_output_bytes": params.max_output_bytes,
+                "max_result_bytes": params.max_result_bytes,
+            })
+        if not tasks:
+            return out
+        verdicts: dict[tuple, tuple[str, str]] = {}  # same outputs of the same problem: same verdict
+        passed = 0
+        done = [0] * len(groups)
+        finished = [0.0] * len(groups)
+        with tqdm(total=len(tasks), desc="label", unit="program", smoothing=0.05) as bar:
+            for task, header, payload in pool.run(tasks, idle=cache.flush_if_due):
+                plan = plans[task["problem_id"]]
+                if header.get("progress"):
+                    if judge(plan, header, payload, task["time_limit"], partial=True) is not None:
+                        pool.stop(task)
+                    continue
+                memo = (task["problem_id"], header.get("end"), header.get("code"), payload)
+                verdict = verdicts.get(memo)
+                if verdict is None:
+                    verdict = judge(plan, header, payload, task["time_limit"])
+                    verdicts[memo] = verdict
+                status, detail = verdict
+                duration = float(header.get("duration", 0.0))
+                out[task["key"]] = (status, detail, duration)
+                cache.put(task["key"], status, detail, duration)
+                passed += status == "passed"
+                done[task["group"]] += 1
+                finished[task["group"]] = time.monotonic() - start
+                bar.update(1)
+                bar.set_postfix(passed=passed, refresh=False)
     elapsed = time.monotonic() - start
     timings = [f"{done[g]} on {n} worker(s) done after {finished[g]:.1f}s"
                + (f" (preloading {len(preload) - len(params.preload)} heavy modules)" if len(preload) > len(params.preload) else "")
-               for g, (preload, n, _) in enumerate(groups)]
+               for g, (preload, n) in enumerate(groups)]
     print(f"label: ran {len(tasks)} programs in {elapsed:.1f}s ({len(tasks) / max(elapsed, 1e-9):.0f}/s) "
-          f"on {sum(n for _, n, _ in groups)} sandboxed workers: {'; '.join(timings)}", file=sys.stderr)
+          f"on {sum(n for _, n in groups)} sandboxed workers: {'; '.join(timings)}", file=sys.stderr)
     return out
 
 
@@ -163,35 +166,34 @@ def _imports(program: str) -> set[str]:
     return names
 
 
-def _groups(tasks: list[dict], params: LabelParams, n_workers: int) -> list[tuple[list[str], int, int]]:
-    """Splits the tasks into worker groups, as (preload, workers, tasks), and sets each
-    task's "group": light candidates go to `n_workers` workers with the small preload;
-    those importing a heavy package go to workers that preloaded the packages (and the
-    submodules of them, like sklearn.metrics) that those candidates import. Forking from
-    a worker that holds torch costs tens of milliseconds, so light candidates never do;
-    the heavy group starts with the light one, so its slow imports overlap light work."""
+def _groups(programs: list[str], params: LabelParams, n_workers: int) -> tuple[list[tuple[list[str], int]], list[int]]:
+    """Worker groups, as (preload, workers), and each program's group: light candidates
+    go to `n_workers` workers with the small preload; those importing a heavy package go
+    to workers that preloaded the packages (and the submodules of them, like
+    sklearn.metrics) that those candidates import. Forking from a worker that holds torch
+    costs tens of milliseconds, so light candidates never do; the heavy group starts with
+    the light one, so its slow imports overlap light work."""
     heavy_tops = {m.split(".")[0] for m in params.preload_heavy}
-    light, heavy, wanted = [], [], set()
-    for task in tasks:
-        names = {n for n in _imports(task["program"]) if n.split(".")[0] in heavy_tops}
-        if names:
-            heavy.append(task)
-            wanted |= names
-        else:
-            light.append(task)
-    groups = []
-    if light:
-        groups.append((list(params.preload), n_workers, light))
-    if heavy:
+    wanted: set[str] = set()
+    is_heavy = []
+    for program in programs:
+        names = {n for n in _imports(program) if n.split(".")[0] in heavy_tops}
+        wanted |= names
+        is_heavy.append(bool(names))
+    n_heavy_programs = sum(is_heavy)
+    groups: list[tuple[list[str], int]] = []
+    light = heavy = -1
+    if n_heavy_programs < len(programs):
+        light = len(groups)
+        groups.append((list(params.preload), n_workers))
+    if n_heavy_programs:
         tops = {n for n in wanted if "." not in n and importlib.util.find_spec(n)}
         listed = [m for m in params.preload_heavy if m.split(".")[0] in tops]
         # Submodules only of installed allow-listed packages; a name that does not exist
         # fails to import in the worker, which ignores it.
         extra = sorted(n for n in wanted if "." in n and n.split(".")[0] in tops and n not in listed and n.count(".") <= 2)
         # Workers in proportion to the heavy share of the work, at least one.
-        n_heavy = min(n_workers, math.ceil(n_workers * len(heavy) / len(tasks)))
-        groups.append((list(params.preload) + listed + extra, n_heavy, heavy))
-    for g, (_, _, members) in enumerate(groups):
-        for task in members:
-            task["group"] = g
-    return groups
+        heavy = len(groups)
+        groups.append((list(params.preload) + listed + extra,
+                       min(n_workers, math.ceil(n_workers * n_heavy_programs / len(programs)))))
+    return groups, [heavy if h else light for h in is_heavy]
