@@ -309,6 +309,16 @@ def test_busy_candidate_stops_at_the_cpu_limit_and_a_sleeping_one_gets_the_wall_
     assert sleepy_label.status == "passed"  # 0.4 s of sleep is far above the CPU floor, but uses no CPU
 
 
+def test_a_program_the_labeler_cannot_compile_is_compiled_in_the_sandbox(sandboxed):
+    # The parser overflows on this; the labeler leaves it to the sandbox rather than guess.
+    nested = "x = " + "-" * 100000 + "1\ndef add(a, b):\n    return a + b\n"
+    ok = "def add(a, b):\n    return a + b\n"
+    gens = [Generation("t/add", 0, "", nested, "x", "x"), Generation("t/add", 1, "", ok, "x", "x")]
+    nested_label, ok_label = label_candidates([CHECK], gens, sandboxed)
+    assert nested_label.status in ("memory", "error") and nested_label.detail in ("MemoryError", "RecursionError")
+    assert ok_label.status == "passed"
+
+
 def test_recursive_reference_calls_are_not_test_calls():
     fact = Problem("MBPP/3", "mbpp", "test", "", "fact", "assert fact(5) == 120\nassert fact(1) == 1\n",
                    "def fact(n):\n    return 1 if n < 2 else n * fact(n - 1)\n", test_style="asserts")

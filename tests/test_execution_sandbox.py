@@ -216,6 +216,24 @@ for fd in os.listdir('/proc/1/fd') if os.access('/proc/1/fd', os.R_OK) else []:
 def add(a, b):
     return a + b
 """, "passed"),
+    C("write_into_zygote_pipes", """
+import os, struct
+def add(a, b):
+    zygote = os.getppid()
+    for path in ('/proc/%d/fd' % zygote, '/proc/%d/mem' % zygote):
+        try:
+            os.listdir(path) if path.endswith('fd') else open(path, 'rb').read(1)
+            raise SystemExit('%s is readable' % path)
+        except OSError:
+            pass
+    for fd in range(4, 64):
+        try:
+            os.write(os.open('/proc/%d/fd/%d' % (zygote, fd), os.O_WRONLY), struct.pack('>i', 1))
+            raise SystemExit('a zygote fd was writable: %d' % fd)
+        except OSError:
+            pass
+    return a + b
+""", "passed"),
     # ---------------- resource exhaustion ----------------
     C("infinite_loop", "def add(a, b):\n    while True:\n        pass", "timeout"),
     C("loop_swallowing_exceptions", """
