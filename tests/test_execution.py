@@ -235,6 +235,24 @@ def test_unsafe_mode_warns_loudly_and_labels(tmp_path, monkeypatch, capsys):
     assert "UNCONFINED" in capsys.readouterr().err
 
 
+def test_unsafe_mode_warden_kills_only_its_own_descendants(tmp_path):
+    # Without a PID namespace the warden finds leftovers by parentage; with no zygote
+    # running it must not take the kernel's children (ppid 0: init, kthreadd) for them.
+    from fractal.execution.worker import Warden
+
+    warden = Warden(False, str(tmp_path), {}, -1, -1)
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        assert warden.zygote == 0 and warden.me == os.getpid()  # the pytest process, `child`'s parent
+        others = warden._others()
+        assert child.pid in others and not {1, 2} & set(others)
+    finally:
+        child.kill()
+        child.wait()
+        for fd in (warden.devnull, warden.res_r, warden.res_w, warden.out_r, warden.out_w):
+            os.close(fd)
+
+
 def test_hidden_paths_cover_project_home_and_cache(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     hidden = isolation_module.hidden_paths(LabelParams(cache_dir=str(tmp_path / "cache"), hide_paths=["/srv"]))

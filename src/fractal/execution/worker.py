@@ -561,7 +561,8 @@ class Warden:
         if self.as_init:
             # Our PID namespace: its /proc lists only the sandbox's processes.
             return [pid for pid in map(int, filter(str.isdigit, os.listdir("/proc"))) if pid != 1 and pid != self.zygote]
-        return [pid for pid in _children_of({self.me, self.zygote}) if pid != self.zygote]
+        parents = {self.me, self.zygote} if self.zygote else {self.me}  # (ppid 0: the kernel's)
+        return [pid for pid in _children_of(parents) if pid != self.zygote]
 
     def kill_all(self, child: int, exited: bool) -> int | None:
         """Kills every process the candidate started, setsid ones included, and reaps
