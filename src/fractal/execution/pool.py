@@ -93,7 +93,7 @@ class _Worker:
         tail = self.log_path.read_text(errors="replace")[-2000:]
         return WorkerStartError(f"sandboxed worker {self.index} {why}; its log {self.log_path} ends with:\n{tail}")
 
-    def _read_frames(self, limit: int = 1 << 30) -> list[bytes] | None:
+    def _read_frames(self) -> list[bytes] | None:
         """Complete frames read so far; None once the worker has closed its end."""
         closed = False
         while True:
@@ -106,7 +106,7 @@ class _Worker:
                 break
             self.buf += b
         frames = []
-        while len(frames) < limit and len(self.buf) >= 4:
+        while len(self.buf) >= 4:
             (n,) = _HEADER.unpack_from(self.buf)
             if len(self.buf) < 4 + n:
                 break
@@ -189,7 +189,8 @@ class WorkerPool:
                 except OSError:
                     pass
         for w in self.workers:
-            w.kill(grace=5.0)
+            # One still importing its preload (it had no tasks) is not worth waiting for.
+            w.kill(grace=5.0 if w.info is not None else 0.0)
 
     def run(self, tasks: Iterable[dict], idle: Callable[[], None] = lambda: None) -> Iterator[tuple[dict, dict, bytes]]:
         """Yields (task, header, payload) for every task, in completion order; before that,
