@@ -201,6 +201,7 @@ def test_cache_key_and_concurrent_writers(tmp_path):
     assert k1 != label_key(CHECK, "prog2", limits)
     assert k1 != label_key(CHECK, "prog", limits_of(LabelParams(timeout_floor=2.0)))
     assert k1 != label_key(CHECK, "prog", limits_of(LabelParams(timeout_cpu_floor=2.0)))
+    assert k1 != label_key(CHECK, "prog", limits_of(LabelParams(timeout_calls_cpu_floor=2.0)))
     assert k1 == label_key(CHECK, "prog", limits_of(LabelParams(workers=7, isolation="none")))
     a, b = LabelCache(tmp_path), LabelCache(tmp_path)
     a.put("k1", "passed", "", 0.1)
@@ -316,15 +317,23 @@ def test_slow_candidate_with_an_early_wrong_answer_is_stopped_early(sandboxed):
     assert label.status == "failed" and label.duration < 0.9
 
 
-def test_busy_candidate_stops_at_the_cpu_limit_and_a_sleeping_one_gets_the_wall_limit(sandboxed):
-    busy = "def add(a, b):\n    while True:\n        pass\n"
+def test_cpu_limits_stop_busy_candidates_and_a_sleeping_one_gets_the_wall_limit(sandboxed):
+    busy_call = "def add(a, b):\n    while True:\n        pass\n"
+    busy_load = "while True:\n    pass\ndef add(a, b):\n    return a + b\n"
+    # 0.15 s of CPU loading the module (an import can take that): over the test calls'
+    # limit, under the whole run's.
+    slow_load = ("import time\nt = time.process_time()\nwhile time.process_time() - t < 0.15:\n    pass\n"
+                 "def add(a, b):\n    return a + b\n")
     sleepy = "import time\ndef add(a, b):\n    time.sleep(0.4)\n    return a + b\n"
-    params = dataclasses.replace(sandboxed, timeout_floor=3.0, timeout_cap=3.0, timeout_cpu_floor=0.2)
-    gens = [Generation("t/add", 0, "", busy, "x", "x"), Generation("t/add", 1, "", sleepy, "x", "x")]
-    busy_label, sleepy_label = label_candidates([CHECK], gens, params)
-    assert (busy_label.status, busy_label.detail) == ("timeout", "CPU limit 0.2s")
-    assert busy_label.duration < 2.0  # stopped long before the 3 s wall limit
-    assert sleepy_label.status == "passed"  # 0.4 s of sleep is far above the CPU floor, but uses no CPU
+    params = dataclasses.replace(sandboxed, timeout_floor=3.0, timeout_cap=3.0, timeout_cpu_floor=0.3,
+                                 timeout_calls_cpu_floor=0.1)
+    gens = [Generation("t/add", i, "", p, "x", "x") for i, p in enumerate([busy_call, busy_load, slow_load, sleepy])]
+    busy_call_label, busy_load_label, slow_load_label, sleepy_label = label_candidates([CHECK], gens, params)
+    assert (busy_call_label.status, busy_call_label.detail) == ("timeout", "CPU limit 0.1s in the test calls")
+    assert (busy_load_label.status, busy_load_label.detail) == ("timeout", "CPU limit 0.3s")
+    assert max(busy_call_label.duration, busy_load_label.duration) < 2.0  # long before the 3 s wall limit
+    assert slow_load_label.status == "passed"
+    assert sleepy_label.status == "passed"  # 0.4 s of sleep is far above the CPU floors, but uses no CPU
 
 
 def test_a_program_the_labeler_cannot_compile_is_compiled_in_the_sandbox(sandboxed):

@@ -707,9 +707,10 @@ def test_corpus_case(case: Case, world, monkeypatch):
                .replace("HOSTIP", _host_ip()).replace("SITE", site_dir).replace("STDLIB", os.path.dirname(os.__file__)))
     monkeypatch.chdir(project)
     monkeypatch.setenv("FRACTAL_TEST_SECRET", "SECRET-env")
-    # Both limits (wall and CPU) at the case's limit: the corpus is about confinement; the
-    # CPU limit has tests of its own in test_execution.py.
-    params = LabelParams(workers=1, timeout_floor=case.limit, timeout_cpu_floor=case.limit, timeout_cap=case.limit,
+    # All limits (wall and CPU) at the case's limit: the corpus is about confinement; the
+    # CPU limits have tests of their own in test_execution.py.
+    params = LabelParams(workers=1, timeout_floor=case.limit, timeout_cpu_floor=case.limit,
+                         timeout_calls_cpu_floor=case.limit, timeout_cap=case.limit,
                          cache_dir=str(world["base"] / f"cache-{case.name}"))
     watched = (project, victim, Path(os.path.dirname(os.__file__)) / "json", Path(site_dir) / "tqdm")
     before = _snapshot(*watched)

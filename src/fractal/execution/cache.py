@@ -25,6 +25,7 @@ def limits_of(params: LabelParams) -> dict:
         "timeout_factor": params.timeout_factor,
         "timeout_floor": params.timeout_floor,
         "timeout_cpu_floor": params.timeout_cpu_floor,
+        "timeout_calls_cpu_floor": params.timeout_calls_cpu_floor,
         "timeout_cap": params.timeout_cap,
         "memory_mb": params.memory_mb,
         "max_output_bytes": params.max_output_bytes,

@@ -205,7 +205,8 @@ def end_status(header: dict, limit: float) -> tuple[str, str]:
     end = header.get("end")
     if end == "timeout":
         if "cpu_limit" in header:
-            return "timeout", f"CPU limit {header['cpu_limit']:g}s"
+            where = " in the test calls" if header.get("in_calls") else ""
+            return "timeout", f"CPU limit {header['cpu_limit']:g}s{where}"
         return "timeout", f"limit {limit:g}s"
     if end == "output_limit":
         return "output_limit", f"{header.get('output_bytes', 0)} bytes of output"

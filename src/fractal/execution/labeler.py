@@ -101,6 +101,8 @@ def _execute(todo: list[tuple[str, Generation]], by_id: dict[str, Problem], para
                 "calls": calls_json[g.problem_id],
                 "time_limit": plan.time_limit(params.timeout_factor, params.timeout_floor, params.timeout_cap),
                 "cpu_limit": plan.time_limit(params.timeout_factor, params.timeout_cpu_floor, params.timeout_cap),
+                "calls_cpu_limit": plan.time_limit(params.timeout_factor, params.timeout_calls_cpu_floor,
+                                                   params.timeout_cap),
                 "max_output_bytes": params.max_output_bytes,
                 "max_result_bytes": params.max_result_bytes,
             })

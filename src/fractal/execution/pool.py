@@ -29,7 +29,8 @@ _HEADER = struct.Struct(">I")
 _DEPTH = 2  # tasks queued per worker
 _SLACK = 10.0  # seconds beyond a task's limit before a silent worker counts as hung
 _START_TIMEOUT = 60.0
-_WIRE = ("id", "problem_id", "entry_point", "time_limit", "cpu_limit", "max_output_bytes", "max_result_bytes")
+_WIRE = ("id", "problem_id", "entry_point", "time_limit", "cpu_limit", "calls_cpu_limit", "max_output_bytes",
+         "max_result_bytes")
 
 
 class WorkerStartError(RuntimeError):
@@ -122,7 +123,7 @@ class _Worker:
         if not self.inflight:
             self.head_since = time.monotonic()
         self.inflight.append(task)
-        header = {k: task[k] for k in _WIRE}
+        header = {k: task[k] for k in _WIRE if k in task}
         if task["problem_id"] not in self.known_problems:
             header["calls"] = task["calls"]
             self.known_problems.add(task["problem_id"])

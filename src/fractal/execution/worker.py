@@ -646,6 +646,11 @@ class Warden:
         cpu_clock = (~pid << 3) | 2  # Linux: the CPU clock of process `pid` (MAKE_PROCESS_CPUCLOCK)
         cpu_check = start + cpu_limit
         cpu_timeout = False
+        # Once the child's first frame arrives (its module has loaded: imports done), the
+        # test calls get `calls_cpu_limit` more at most. Frames the candidate forges early
+        # only shorten its own time.
+        calls_cpu_limit = task.get("calls_cpu_limit")
+        in_calls = False
         # The child is the zygote's until the warden has it reaped, so the pid stays its.
         pidfd = os.pidfd_open(pid)
         poller = select.poll()
@@ -698,6 +703,11 @@ class Warden:
                     elif fd == pidfd:
                         end = "exit"
                     elif fd == self.res_r:
+                        if not result and calls_cpu_limit is not None:
+                            calls_end = _cpu_seconds(cpu_clock) + calls_cpu_limit
+                            if calls_end < cpu_limit:
+                                cpu_limit, in_calls = calls_end, True
+                                cpu_check = min(cpu_check, time.monotonic() + calls_cpu_limit)
                         result += _read_some(self.res_r)
                         read = True
                         if len(result) > task["max_result_bytes"]:
@@ -724,7 +734,8 @@ class Warden:
         duration = time.monotonic() - start
         header = {"end": end, "code": 0, "duration": round(duration, 4), "output_bytes": out_bytes}
         if cpu_timeout:
-            header["cpu_limit"] = cpu_limit
+            header["cpu_limit"] = calls_cpu_limit if in_calls else cpu_limit
+            header["in_calls"] = in_calls
         return header, bytes(result[: task["max_result_bytes"]])
 
 
