@@ -69,7 +69,7 @@ class TestPlan:
         return "[" + ",".join(self.calls) + "]"
 
     def time_limit(self, factor: float, floor: float, cap: float) -> float:
-        return min(cap, max(floor, factor * self.reference_seconds))
+        return round(min(cap, max(floor, factor * self.reference_seconds)), 3)  # to the ms: readable details
 
 
 class _Missing(BaseException):
