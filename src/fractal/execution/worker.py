@@ -651,7 +651,8 @@ class Warden:
         # only shorten its own time.
         calls_cpu_limit = task.get("calls_cpu_limit")
         in_calls = False
-        # The child is the zygote's until the warden has it reaped, so the pid stays its.
+        # The child stays the zygote's (a zombie at worst) until the warden has the zygote
+        # reap it, so its pid cannot be reused meanwhile.
         pidfd = os.pidfd_open(pid)
         poller = select.poll()
         for fd in (self.res_r, self.out_r, pidfd, self.from_labeler):
