@@ -24,3 +24,17 @@ def copy_repo(dst: Path) -> None:
     subprocess.run(["git", "init", "-q"], cwd=dst, check=True)
     if not (dst / ".dvc").is_dir():
         subprocess.run(["dvc", "init", "-q"], cwd=dst, check=True)
+
+
+def shrink_default_profile(repo: Path) -> None:
+    """params.yaml of the default profile, shrunk to 12 problems x 10 samples and a short
+    3-fold training, so a whole `dvc repro` takes about a minute."""
+    import yaml
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["prepare"]["limit"] = 12
+    params["generate"]["n"] = 10
+    params["train"].update(folds=3, epochs=4, patience=2, batch_size=16)
+    params["rank"].update(ks=[1, 2, 5, 10], bootstrap=200)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+

@@ -8,9 +8,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import yaml
 
-from repo_copy import REPO, copy_repo
+from repo_copy import copy_repo, shrink_default_profile
 
 pytestmark = pytest.mark.slow
 
@@ -29,12 +28,7 @@ def ran(output: str) -> list[str]:
 def test_tiny_default_profile_end_to_end(tmp_path):
     repo = tmp_path / "repo"
     copy_repo(repo)
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["prepare"]["limit"] = 12
-    params["generate"]["n"] = 10
-    params["train"].update(folds=3, epochs=4, patience=2, batch_size=16)
-    params["rank"].update(ks=[1, 2, 5, 10], bootstrap=200)
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    shrink_default_profile(repo)
     subprocess.run(["git", "add", "-A"], cwd=repo, check=True)
     subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny"], cwd=repo, check=True)
 

@@ -18,7 +18,7 @@ import yaml
 from conftest_remote import sshd, sshd_client_key  # noqa: F401  (fixtures)
 from fractal import tracking
 from fractal.records import Generation, Problem, Score, read_jsonl
-from repo_copy import REPO, copy_repo
+from repo_copy import copy_repo, shrink_default_profile
 
 
 # ---------------------------------------------------------------------------------------
@@ -130,12 +130,7 @@ def tiny_repo(tmp_path_factory, mlflow_server):
     """The default profile shrunk, reproduced once with tracking on the server."""
     repo = tmp_path_factory.mktemp("tracking") / "repo"
     copy_repo(repo)
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["prepare"]["limit"] = 12
-    params["generate"]["n"] = 10
-    params["train"].update(folds=3, epochs=3, patience=2, batch_size=16)
-    params["rank"].update(ks=[1, 2, 5, 10], bootstrap=100)
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    shrink_default_profile(repo)
     store = repo.parent / "dvc-store"
     _run(["dvc", "remote", "add", "-f", "-d", "local", str(store)], repo, _env(mlflow_server))
     _git(repo, "add", "-A")

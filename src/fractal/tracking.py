@@ -31,6 +31,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -246,7 +247,7 @@ def tracked(stage: str, run: Callable[[], int], executor: str = "local") -> int:
 
 
 def record_stage(stage: str, rc: int, start: float, end: float, executor: str = "local") -> str:
-    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.entities import Metric, Param
 
     cwd = Path.cwd()
     root = repo_root(cwd)
@@ -381,12 +382,10 @@ def _outs_by_stage(root: Path) -> list[tuple[str, str]]:
         doc = yaml.safe_load((root / "dvc.yaml").read_text()) or {}
     except (OSError, yaml.YAMLError):
         return []
-    pairs = []
-    for name, entry in (doc.get("stages") or {}).items():
-        for section in ("outs", "metrics", "plots"):
-            for item in (entry or {}).get(section) or []:
-                pairs.append((name, str(item if isinstance(item, str) else next(iter(item)))))
-    return pairs
+    from fractal.remote.dvcfile import declared_paths
+
+    return [(name, path) for name, entry in (doc.get("stages") or {}).items()
+            for section in ("outs", "metrics", "plots") for path in declared_paths((entry or {}).get(section))]
 
 
 def _describe_run(client: Any, run: Any) -> list[str]:
@@ -439,9 +438,10 @@ def log_critic(client: Any, run_id: str, directory: Path, shown: str, lineage: d
         for i in range(0, len(metrics), 500):
             client.log_batch(run_id, metrics=metrics[i:i + 500])
     config = json.loads((directory / "critic.json").read_text())
-    with mlflow.start_run(run_id=run_id, nested=True), _quiet():
+    with tempfile.TemporaryDirectory(prefix="fractal-critic-") as tmp, \
+            mlflow.start_run(run_id=run_id, nested=True), _quiet():
         info = mlflow.pyfunc.log_model(name=CRITIC_MODEL, python_model=CriticModel(),
-                                       artifacts={"critic": str(_best_only(directory))},
+                                       artifacts={"critic": str(_best_only(directory, Path(tmp) / "critic"))},
                                        pip_requirements=[f"fractal=={_version()}"])
     tags = {**lineage, "fractal.run_id": run_id, "fractal.dvc_out": shown,
             "critic.best_epochs": json.dumps(config.get("best_epochs", {})),
@@ -451,13 +451,11 @@ def log_critic(client: Any, run_id: str, directory: Path, shown: str, lineage: d
     return version
 
 
-def _best_only(directory: Path) -> Path:
-    """A copy of the critic with only critic.json and each fold's best.pt: what scoring needs
-    (the epoch checkpoints are logged on their own)."""
+def _best_only(directory: Path, tmp: Path) -> Path:
+    """A copy of the critic in `tmp` with only critic.json and each fold's best.pt: what
+    scoring needs (the epoch checkpoints are logged on their own)."""
     import shutil
-    import tempfile
 
-    tmp = Path(tempfile.mkdtemp(prefix="fractal-critic-")) / "critic"
     tmp.mkdir()
     shutil.copy2(directory / "critic.json", tmp / "critic.json")
     for fold_dir in sorted(directory.glob("fold-*")):

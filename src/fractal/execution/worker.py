@@ -376,14 +376,21 @@ class Zygote:
             if pid == child:
                 status = st
                 break
-        while True:  # siblings a candidate made with clone(CLONE_PARENT), if dead already
-            try:
-                pid, _ = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                break
-            if pid == 0:
-                break
+        for _ in _reaped():  # siblings a candidate made with clone(CLONE_PARENT), if dead already
+            pass
         return status
+
+
+def _reaped():
+    """(pid, status) of every child that has already ended, without waiting for others."""
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        yield pid, status
 
 
 # ---------------------------------------------------------------------------------------
@@ -616,13 +623,7 @@ class Warden:
             _drain(fd)
 
     def _reap(self) -> None:
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
+        for pid, status in _reaped():
             self.statuses[pid] = status
             if pid == self.zygote:  # a candidate killed it
                 self._forget_zygote()

@@ -65,7 +65,7 @@ def load_stage(stage: str, root: Path | None = None) -> StageSpec:
     if "vars" in doc or "foreach" in entry or "matrix" in entry or "${" in yaml.safe_dump(entry):
         return _resolved_by_dvc(root, dvcfile, name)
     wdir = Path(dvcfile.parent, entry.get("wdir", "."))
-    deps = [_local(wdir, p, path, name) for p in _paths(entry.get("deps"))]
+    deps = [_local(wdir, p, path, name) for p in declared_paths(entry.get("deps"))]
     deps += [_local(wdir, p, path, name) for p in _params_files(entry.get("params"))]
     outs = []
     for section in ("outs", "metrics", "plots"):
@@ -89,7 +89,8 @@ def _resolved_by_dvc(root: Path, dvcfile: Path, name: str) -> StageSpec:
     return StageSpec(name=name, deps=deps, outs=outs)
 
 
-def _paths(items: Any) -> list[str]:
+def declared_paths(items: Any) -> list[str]:
+    """The paths of a dvc.yaml deps/outs/metrics/plots list (entries with options included)."""
     return [_path_and_options(i)[0] for i in items or []]
 
 
