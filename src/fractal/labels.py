@@ -6,25 +6,34 @@ from collections import Counter, defaultdict
 from fractal.records import Label, Problem
 
 
-def pass_rates(problems: list[Problem], labels: list[Label]) -> dict[str, dict]:
+def pass_rates(problems: list[Problem], labels: list[Label],
+               excluded: set[str] | frozenset[str] = frozenset()) -> dict[str, dict]:
     """Per split and over all candidates ("all"): the mean pass rate, the oracle (share of
-    problems with at least one passing candidate) and the count of each status."""
+    problems with at least one passing candidate) and the count of each status, over the
+    problems not in `excluded` (those whose tests cannot judge their candidates: see
+    execution.judge); "excluded" counts the problems left out."""
     split_of = {p.problem_id: p.split for p in problems}
     by_problem: dict[str, list[Label]] = defaultdict(list)
     for lab in labels:
         by_problem[lab.problem_id].append(lab)
     groups: dict[str, list[str]] = defaultdict(list)
+    left_out: Counter = Counter()
     for pid in by_problem:
-        groups[split_of[pid]].append(pid)
-        groups["all"].append(pid)
+        for split in (split_of[pid], "all"):
+            if pid in excluded:
+                left_out[split] += 1
+                groups.setdefault(split, [])
+            else:
+                groups[split].append(pid)
     out = {}
     for split, pids in sorted(groups.items()):
         labs = [lab for pid in pids for lab in by_problem[pid]]
         out[split] = {
             "problems": len(pids),
             "candidates": len(labs),
-            "pass_rate": sum(lab.passed for lab in labs) / len(labs),
-            "oracle": sum(any(lab.passed for lab in by_problem[pid]) for pid in pids) / len(pids),
+            "pass_rate": sum(lab.passed for lab in labs) / len(labs) if labs else 0.0,
+            "oracle": sum(any(lab.passed for lab in by_problem[pid]) for pid in pids) / len(pids) if pids else 0.0,
             "statuses": dict(sorted(Counter(lab.status for lab in labs).items())),
+            "excluded": left_out[split],
         }
     return out

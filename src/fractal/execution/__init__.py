@@ -7,8 +7,9 @@ How it fits together:
   problem's test calls (judge.plan_tests), runs the rest on a pool of warm sandboxed
   workers (pool.py), judges what comes back (judge.judge), with a progress bar.
 - isolation.py: the bubblewrap sandbox each worker lives in (PID/net/IPC/UTS namespaces,
-  read-only filesystem, private size-limited /tmp and /dev/shm, hidden project and home);
-  refuses to run without it unless label.isolation is `none`.
+  a filesystem view of the system's libraries and the interpreter only, private
+  size-limited /tmp and /dev/shm); refuses to run without it unless label.isolation is
+  `none`, and the probe that says why a worker cannot start.
 - worker.py: the worker: a warden, PID 1 of its sandbox, and a zygote that forks one
   child per candidate with rlimits (address space relative to the worker, processes, file
   size, fds); the warden enforces wall and CPU time and output caps, and kills every
@@ -17,6 +18,6 @@ How it fits together:
   plain values the candidate returned - and the limits of that choice.
 - plain.py: the plain-data format values cross in.
 """
-from fractal.execution.labeler import label_candidates
+from fractal.execution.labeler import label_candidates, problem_statuses
 
-__all__ = ["label_candidates"]
+__all__ = ["label_candidates", "problem_statuses"]

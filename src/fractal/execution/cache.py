@@ -3,6 +3,11 @@
 Keyed by sha256 of (labeler version, program, entry point, tests, reference, limits).
 SQLite in WAL mode: two label stages can read and write it at once, and every result is
 committed within about a second, so a killed stage resumes where it stopped.
+
+Each verdict records how it was obtained (`isolation`: bwrap, or none for a run that let
+candidates run unconfined, where one can forge anything). A confined run takes only
+confined verdicts and reruns the rest, replacing them; an unconfined run takes either.
+Entries from before the column was added count as unconfined.
 """
 from __future__ import annotations
 
@@ -16,7 +21,7 @@ from fractal.params import LabelParams
 from fractal.records import Problem
 
 # Bump when a change to the labeler can change a label, so old entries are not reused.
-LABELER_VERSION = "fractal-execution-2"
+LABELER_VERSION = "fractal-execution-3"  # 3: problem statuses, no-reference recording
 
 
 def limits_of(params: LabelParams) -> dict:
@@ -42,7 +47,10 @@ def label_key(problem: Problem, program: str, limits: dict) -> str:
 
 
 class LabelCache:
-    def __init__(self, cache_dir: str | Path):
+    def __init__(self, cache_dir: str | Path, isolation: str):
+        if isolation not in ("bwrap", "none"):
+            raise ValueError(f"LabelCache: isolation is {isolation!r}; bwrap or none")
+        self.isolation = isolation
         path = Path(cache_dir)
         path.mkdir(parents=True, exist_ok=True)
         self.path = path / "labels.sqlite"
@@ -51,24 +59,32 @@ class LabelCache:
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute(
             "CREATE TABLE IF NOT EXISTS labels (key TEXT PRIMARY KEY, status TEXT NOT NULL,"
-            " detail TEXT NOT NULL, duration REAL NOT NULL)"
+            " detail TEXT NOT NULL, duration REAL NOT NULL, isolation TEXT NOT NULL DEFAULT 'none')"
         )
-        self.pending: list[tuple[str, str, str, float]] = []
+        columns = {row[1] for row in self.db.execute("PRAGMA table_info(labels)")}
+        if "isolation" not in columns:  # a cache from before: its verdicts' confinement is unknown
+            try:
+                self.db.execute("ALTER TABLE labels ADD COLUMN isolation TEXT NOT NULL DEFAULT 'none'")
+            except sqlite3.OperationalError:  # another stage added it meanwhile
+                pass
+        self.pending: list[tuple[str, str, str, float, str]] = []
         self.last_flush = time.monotonic()
 
     def get_many(self, keys: list[str]) -> dict[str, tuple[str, str, float]]:
         out = {}
         for i in range(0, len(keys), 500):
             chunk = keys[i : i + 500]
+            confined = " AND isolation = 'bwrap'" if self.isolation == "bwrap" else ""
             rows = self.db.execute(
-                f"SELECT key, status, detail, duration FROM labels WHERE key IN ({','.join('?' * len(chunk))})", chunk
+                f"SELECT key, status, detail, duration FROM labels WHERE key IN ({','.join('?' * len(chunk))})"
+                + confined, chunk
             )
             for key, status, detail, duration in rows:
                 out[key] = (status, detail, duration)
         return out
 
     def put(self, key: str, status: str, detail: str, duration: float) -> None:
-        self.pending.append((key, status, detail, duration))
+        self.pending.append((key, status, detail, duration, self.isolation))
         if len(self.pending) >= 500 or time.monotonic() - self.last_flush > 1.0:
             self.flush()
 
@@ -79,7 +95,8 @@ class LabelCache:
     def flush(self) -> None:
         if self.pending:
             with self.db:
-                self.db.executemany("INSERT OR REPLACE INTO labels VALUES (?, ?, ?, ?)", self.pending)
+                self.db.executemany("INSERT OR REPLACE INTO labels (key, status, detail, duration, isolation)"
+                                    " VALUES (?, ?, ?, ?, ?)", self.pending)
             self.pending.clear()
         self.last_flush = time.monotonic()
 

@@ -18,6 +18,21 @@ What this buys: no `__eq__`, exit code, printed text, frame walk or patched buil
 candidate's process can reach the verdict, because the comparisons happen here on exact
 builtin values; and the candidate cannot read expected answers to hard-code them.
 
+Problems the tests cannot judge (`TestPlan.status`, per problem in metrics/label.json):
+- `untestable`: the tests pass when every call answers a wrong stand-in (an object equal to
+  nothing, and None): empty tests, a `check` that never calls the candidate, no assertion
+  reached. Every candidate would pass, so none is run; all are excluded from pass rates.
+- `reference_failed`: the reference fails its own tests, so recording with it stops at the
+  failure. The inputs are recorded again without it (below) and candidates are judged on
+  them, but the problem is excluded from pass rates: its tests or its reference are wrong.
+- no reference (`Problem.reference == ""`): the inputs are recorded without one: the tests
+  run with a recorder that answers every call with a stand-in and with assertions that
+  cannot stop them (`assert x` becomes "evaluate x"), and the prompt's helpers (HumanEval's
+  `poly`) as their namespace. That works when the tests' inputs do not depend on earlier
+  outputs and nothing but an assertion fails on a wrong value (the run must end cleanly,
+  twice alike); then the problem is `recorded_without_reference` and counts; otherwise
+  `no_reference`: excluded, its candidates not run. Its time limit is the floor.
+
 Limits of the choice (documented, checked where possible):
 - Test inputs must not depend on earlier outputs; recording twice and comparing catches
   non-determinism, and the replay checks each call's arguments against the recording.
@@ -37,7 +52,9 @@ import io
 import json
 import random
 import re
+import signal
 import struct
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -55,14 +72,21 @@ class UnreplayableTests(ValueError):
     pass
 
 
+# A problem's status: whether its candidates are judged, and whether it counts in pass rates.
+JUDGED = ("ok", "recorded_without_reference", "reference_failed")
+COUNTED = ("ok", "recorded_without_reference")
+
+
 @dataclass
 class TestPlan:
     problem: Problem
     calls: list[str]  # each call's [args, kwargs], encoded (see worker.encode_plain)
-    reference_seconds: float  # reference program + all its test calls, wall time
+    reference_seconds: float  # reference program + all its test calls, wall time (0: none ran)
     reference_passed: bool
-    reference_code: Any
+    reference_code: Any  # the namespace the tests see: the reference, or the prompt's helpers
     tests_code: Any
+    status: str = "ok"  # ok | recorded_without_reference | reference_failed | no_reference | untestable
+    why: str = ""  # for a status other than ok, in a few words
 
     @property
     def calls_json(self) -> str:
@@ -109,6 +133,106 @@ def _run_tests(problem: Problem, reference_ns: dict, candidate: Callable, tests_
         random.setstate(state)
 
 
+class _Wrong:
+    """A wrong answer: equal to nothing, the answer of every call in the stand-in runs."""
+
+    def __eq__(self, other):
+        return False
+
+    __hash__ = object.__hash__
+
+    def __repr__(self):
+        return "<wrong answer>"
+
+
+class _OutOfTime(BaseException):
+    pass
+
+
+@contextlib.contextmanager
+def _deadline(seconds: float):
+    """Stops tests that loop on a stand-in's answer (`while candidate(x) != y`); only in
+    the main thread, where signals are delivered."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expire(signum, frame):
+        raise _OutOfTime
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _cannot_fail(problem: Problem, helpers_code: Any, tests_code: Any, budget: float) -> bool:
+    """Whether the tests pass whatever the candidate answers (a wrong object, or None)."""
+    for wrong in (_Wrong(), None):
+        ns: dict = {"__name__": "__reference__"}
+        try:
+            with _deadline(budget):
+                exec(helpers_code, ns)
+                _run_tests(problem, ns, lambda *args, **kwargs: wrong, tests_code)
+        except BaseException:  # noqa: BLE001 - any failure (or a loop) shows they can fail
+            return False
+    return True
+
+
+class _SoftAsserts(ast.NodeTransformer):
+    # `assert x` becomes `x`, its exception swallowed: with stand-in answers the tests go on
+    # to make every call they would make with right ones.
+    def visit_Assert(self, node: ast.Assert) -> ast.AST:
+        handler = ast.ExceptHandler(type=ast.Name("Exception", ast.Load()), name=None, body=[ast.Pass()])
+        return ast.Try(body=[ast.Expr(node.test)], handlers=[handler], orelse=[], finalbody=[])
+
+
+def _record_blind(problem: Problem, helpers_code: Any, budget: float) -> list[str]:
+    """The calls the tests make, recorded without a reference (see the module docstring);
+    UnreplayableTests when that cannot be trusted."""
+    tree = ast.fix_missing_locations(_SoftAsserts().visit(ast.parse(problem.tests)))
+    soft = compile(tree, f"<tests {problem.problem_id}>", "exec", optimize=0)
+    runs = []
+    for _ in range(2):
+        calls: list[str] = []
+        unplain: list[str] = []
+
+        def recorder(*args, **kwargs):
+            try:
+                calls.append(_encode_call(args, kwargs))
+            except (ValueError, RecursionError) as e:  # noted here: a soft assert would swallow it
+                unplain.append(str(e))
+            return _Wrong()
+
+        ns: dict = {"__name__": "__reference__"}
+        try:
+            with _deadline(budget):
+                exec(helpers_code, ns)
+                _run_tests(problem, ns, recorder, soft)
+        except UnreplayableTests:
+            raise
+        except BaseException as e:  # noqa: BLE001
+            raise UnreplayableTests(f"the tests fail on a wrong answer outside an assertion ({type(e).__name__}), "
+                                    "so the inputs after it cannot be recorded without a reference") from None
+        if unplain or any('{"o":' in c for c in calls):
+            raise UnreplayableTests("the tests pass arguments that are not plain data (the function's own answers?)") from None
+        runs.append(calls)
+    if runs[0] != runs[1]:
+        raise UnreplayableTests("the tests call the function with different inputs on each run")
+    return runs[0]
+
+
+def _helpers(problem: Problem) -> Any:
+    """Without a reference, the tests' namespace is the prompt's (HumanEval's helpers)."""
+    try:
+        return compile(problem.prompt, f"<prompt {problem.problem_id}>", "exec", optimize=0)
+    except (SyntaxError, ValueError):
+        return compile("", f"<prompt {problem.problem_id}>", "exec")
+
+
 def _record(problem: Problem, reference_code: Any, tests_code: Any) -> tuple[list[str], bool, float]:
     ns: dict = {"__name__": "__reference__"}
     start = time.perf_counter()
@@ -153,11 +277,18 @@ def compile_tests(problem: Problem) -> Any:
     return compile(tree, f"<tests {problem.problem_id}>", "exec", optimize=0)
 
 
+# Seconds the stand-in runs of a problem's tests may take (they run in the labeler).
+_STAND_IN_BUDGET = 10.0
+
+
 def plan_tests(problem: Problem) -> TestPlan:
-    """Records the calls the tests make, with the reference solution, and times them."""
+    """Records the calls the tests make, with the reference solution (or without one, see
+    the module docstring), times them, and decides the problem's status."""
     try:
-        reference_code = compile(problem.reference, f"<reference {problem.problem_id}>", "exec", optimize=0)
         tests_code = compile_tests(problem)
+        if not problem.reference.strip():
+            return _plan_without_reference(problem, tests_code)
+        reference_code = compile(problem.reference, f"<reference {problem.problem_id}>", "exec", optimize=0)
     except SyntaxError as e:
         raise UnreplayableTests(f"{problem.problem_id}: the reference or the tests do not compile ({e})") from None
     first, passed, seconds = _record(problem, reference_code, tests_code)
@@ -165,7 +296,31 @@ def plan_tests(problem: Problem) -> TestPlan:
     if first != second:
         raise UnreplayableTests(f"{problem.problem_id}: the tests call the function with different inputs on each run "
                             "(not seeded by `random`), so they cannot be replayed")
-    return TestPlan(problem, first, min(seconds, seconds2), passed, reference_code, tests_code)
+    plan = TestPlan(problem, first, min(seconds, seconds2), passed, reference_code, tests_code)
+    budget = min(_STAND_IN_BUDGET, 1.0 + 20 * plan.reference_seconds)
+    if _cannot_fail(problem, reference_code, tests_code, budget):
+        plan.status, plan.why = "untestable", "the tests pass whatever the function returns"
+    elif not passed:
+        plan.status, plan.why = "reference_failed", "the reference solution fails its own tests"
+        try:  # the recording stopped at the failure: record every input without the reference
+            plan.calls = _record_blind(problem, reference_code, budget)
+        except UnreplayableTests as e:
+            plan.why += f"; its inputs are those made before the failure ({e})"
+    return plan
+
+
+def _plan_without_reference(problem: Problem, tests_code: Any) -> TestPlan:
+    helpers = _helpers(problem)
+    plan = TestPlan(problem, [], 0.0, False, helpers, tests_code, "recorded_without_reference",
+                    "no reference solution: inputs recorded with stand-in answers")
+    if _cannot_fail(problem, helpers, tests_code, _STAND_IN_BUDGET):
+        plan.status, plan.why = "untestable", "the tests pass whatever the function returns"
+        return plan
+    try:
+        plan.calls = _record_blind(problem, helpers, _STAND_IN_BUDGET)
+    except UnreplayableTests as e:
+        plan.status, plan.why = "no_reference", f"no reference solution, and {e}"
+    return plan
 
 
 def parse_frames(payload: bytes) -> tuple[list[dict], bool]:

@@ -1,7 +1,9 @@
 """label_candidates: every generation executed (once per distinct program) and judged."""
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
+import json
 import marshal
 import math
 import os
@@ -14,7 +16,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from fractal.execution.cache import LabelCache, label_key, limits_of
-from fractal.execution.judge import TestPlan, judge, plan_tests
+from fractal.execution.isolation import mode_of
+from fractal.execution.judge import COUNTED, JUDGED, TestPlan, judge, plan_tests
 from fractal.execution.pool import WorkerPool
 from fractal.params import LabelParams
 from fractal.records import Generation, Label, Problem
@@ -31,54 +34,88 @@ def label_candidates(problems: list[Problem], generations: list[Generation], par
     """One Label per generation, in the order of `generations`.
 
     Identical programs of a problem run once; labels already in the cache (same program,
-    tests, reference and limits) are not run again.
+    tests, reference and limits, obtained at least as confined as this run) are not run
+    again. Candidates of a problem whose tests cannot judge them (`untestable`,
+    `no_reference`: see judge.py) are not run: status error, detail "excluded: STATUS";
+    problem_statuses() says which problems those are, and which count in pass rates.
     """
     by_id = {p.problem_id: p for p in problems}
     missing = sorted({g.problem_id for g in generations} - set(by_id))
     if missing:
         raise ValueError(f"{len(missing)} generation(s) name problems that are not given (first: {missing[0]}); "
                          "were generations made from another prepare output?")
+    plans = plan_problems([by_id[pid] for pid in sorted({g.problem_id for g in generations})])
+    _list_odd_problems(plans)
     limits = limits_of(params)
     keys = [label_key(by_id[g.problem_id], g.program, limits) for g in generations]
     first_of: dict[str, Generation] = {}
     for key, g in zip(keys, generations):
-        first_of.setdefault(key, g)
+        if plans[g.problem_id].status in JUDGED:
+            first_of.setdefault(key, g)
 
-    cache = LabelCache(params.cache_dir)
+    cache = LabelCache(params.cache_dir, mode_of(params))
     try:
         known = cache.get_many(list(first_of))
         todo = [(key, g) for key, g in first_of.items() if key not in known]
-        print(f"label: {len(generations)} candidates, {len(first_of)} distinct programs, "
-              f"{len(known)} in the cache, {len(todo)} to run", file=sys.stderr)
+        print(f"label: {len(generations)} candidates, {len(first_of)} distinct programs to judge, "
+              f"{len(known)} in the cache ({cache.isolation}), {len(todo)} to run", file=sys.stderr)
         if todo:
-            known.update(_execute(todo, by_id, params, cache))
+            known.update(_execute(todo, plans, params, cache))
     finally:
         cache.close()
     labels = []
     for key, g in zip(keys, generations):
+        plan = plans[g.problem_id]
+        if plan.status not in JUDGED:
+            labels.append(Label(g.problem_id, g.sample, "error", False, 0.0, f"excluded: {plan.status}"))
+            continue
         status, detail, duration = known[key]
         labels.append(Label(g.problem_id, g.sample, status, status == "passed", duration, detail))
     return labels
 
 
-def _execute(todo: list[tuple[str, Generation]], by_id: dict[str, Problem], params: LabelParams,
+_plans: dict[str, TestPlan] = {}
+
+
+def plan_problems(problems: list[Problem]) -> dict[str, TestPlan]:
+    """Each problem's recorded test calls and status (judge.plan_tests), once per process
+    and problem content."""
+    out = {}
+    for problem in tqdm(problems, desc="label: record tests", unit="problem", leave=False):
+        memo = json.dumps(dataclasses.asdict(problem), sort_keys=True)
+        if memo not in _plans:
+            _plans[memo] = plan_tests(problem)
+        out[problem.problem_id] = _plans[memo]
+    return out
+
+
+def problem_statuses(problems: list[Problem]) -> dict[str, tuple[str, str]]:
+    """(status, why) of every problem: ok, recorded_without_reference (both count in pass
+    rates), reference_failed (judged, not counted), untestable, no_reference (not run)."""
+    return {pid: (plan.status, plan.why) for pid, plan in plan_problems(problems).items()}
+
+
+def _list_odd_problems(plans: dict[str, TestPlan]) -> None:
+    by_status: dict[str, list[str]] = {}
+    for pid, plan in plans.items():
+        if plan.status != "ok":
+            by_status.setdefault(plan.status, []).append(pid)
+    for status, pids in sorted(by_status.items()):
+        plan = plans[pids[0]]
+        effect = ("counted in the pass rates" if status in COUNTED else
+                  "judged, excluded from the pass rates" if status in JUDGED else "not run, excluded from the pass rates")
+        print(f"label: {len(pids)} problem(s) {status} ({plan.why}; {effect}): {', '.join(pids[:20])}"
+              f"{' ...' if len(pids) > 20 else ''}", file=sys.stderr)
+
+
+def _execute(todo: list[tuple[str, Generation]], plans: dict[str, TestPlan], params: LabelParams,
              cache: LabelCache) -> dict[str, tuple[str, str, float]]:
     n_workers = params.workers or _cores()
     groups, group_of = _groups([g.program for _, g in todo], params, n_workers)
     out: dict[str, tuple[str, str, float]] = {}
     start = time.monotonic()
-    # The workers start (and import their preloads) while the tests are recorded and the
-    # programs compiled here.
+    # The workers start (and import their preloads) while the programs are compiled here.
     with WorkerPool(params, groups, Path(params.cache_dir) / "logs") as pool:
-        plans: dict[str, TestPlan] = {}
-        for pid in tqdm(sorted({g.problem_id for _, g in todo}), desc="label: record tests", unit="problem",
-                        leave=False):
-            plans[pid] = plan_tests(by_id[pid])
-        broken = [pid for pid, p in plans.items() if not p.reference_passed]
-        if broken:
-            print(f"label: warning: the reference solution fails its own tests on {len(broken)} problem(s) "
-                  f"({', '.join(broken[:5])}{'...' if len(broken) > 5 else ''}); their candidates are still judged",
-                  file=sys.stderr)
         calls_json = {pid: plan.calls_json for pid, plan in plans.items()}
         tasks = []
         for i, (key, g) in enumerate(todo):
@@ -119,7 +156,10 @@ def _execute(todo: list[tuple[str, Generation]], by_id: dict[str, Problem], para
                     if judge(plan, header, payload, task["time_limit"], partial=True) is not None:
                         pool.stop(task)
                     continue
-                memo = (task["problem_id"], header.get("end"), header.get("code"), payload)
+                # The whole header but its id and duration: a timeout's or a worker's
+                # detail is the candidate's own, never another's with the same results.
+                memo = (task["problem_id"], payload,
+                        json.dumps({k: v for k, v in header.items() if k not in ("id", "duration")}, sort_keys=True))
                 verdict = verdicts.get(memo)
                 if verdict is None:
                     verdict = judge(plan, header, payload, task["time_limit"])
