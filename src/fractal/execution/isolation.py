@@ -39,6 +39,7 @@ frame; when it does not come, the error names the cause found in its log and the
 """
 from __future__ import annotations
 
+import atexit
 import gzip
 import importlib.util
 import os
@@ -206,6 +207,39 @@ def masked_in(roots: list[str]) -> list[str]:
     return _scanned[key]
 
 
+def _dirs_to(target: str, made: set[str]) -> list[str]:
+    """bwrap gives the directories it makes on the way to a mount point their host
+    counterpart's mode: a 0700 /root (or pytest's 0700 temp directories) would stop the
+    worker's own uid on the way to a pyenv or venv under it. So each is made first,
+    traversable and holding nothing else."""
+    chain = []
+    parent = os.path.dirname(target)
+    while parent not in ("/", "") and parent not in made:
+        chain.append(parent)
+        parent = os.path.dirname(parent)
+    argv: list[str] = []
+    for d in reversed(chain):
+        made.add(d)
+        argv += ["--perms", "0755", "--dir", d]
+    return argv
+
+
+_empty: list[str] = []
+
+
+def _empty_file() -> str:
+    """An empty, read-only regular file of this process, bound over what is masked."""
+    if not _empty or not os.path.isfile(_empty[0]):
+        d = tempfile.mkdtemp(prefix="fractal-mask-")
+        os.chmod(d, 0o755)
+        path = os.path.join(d, "empty")
+        open(path, "w").close()
+        os.chmod(path, 0o444)
+        atexit.register(shutil.rmtree, d, True)
+        _empty[:] = [path]
+    return _empty[0]
+
+
 def bwrap_prefix(params: LabelParams, root: bool) -> list[str]:
     scratch_bytes = str(params.scratch_mb * 1024 * 1024)
     argv = ["bwrap", "--die-with-parent", "--as-pid-1", "--new-session"]
@@ -215,26 +249,14 @@ def bwrap_prefix(params: LabelParams, root: bool) -> list[str]:
     else:
         argv += ["--unshare-all", "--unshare-user", "--disable-userns"]
     roots = python_roots()
-    # bwrap gives the directories it makes on the way to a mount point their host
-    # counterpart's mode: a 0700 /root would stop the worker's own uid on the way to a
-    # pyenv under it. So each of them is made first, traversable, holding nothing else.
-    made: list[str] = []
-    for target in [d for d in roots if not _under(d, SYSTEM_DIRS)] + [f"/etc/{name}" for name in ETC_FILES]:
-        parent = os.path.dirname(target)
-        chain = []
-        while parent not in ("/", "") and parent not in made:
-            chain.append(parent)
-            parent = os.path.dirname(parent)
-        for d in reversed(chain):
-            made.append(d)
-            argv += ["--perms", "0755", "--dir", d]
+    made: set[str] = set()
     for d in SYSTEM_DIRS:
         if os.path.islink(d):
             argv += ["--symlink", os.readlink(d), d]
         elif os.path.isdir(d):
             argv += ["--ro-bind", d, d]
     for name in ETC_FILES:
-        argv += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
+        argv += _dirs_to(f"/etc/{name}", made) + ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
     argv += ["--perms", "1777", "--size", scratch_bytes, "--tmpfs", "/tmp"]
     argv += ["--proc", "/proc"]
     argv += ["--perms", "0755", "--size", "65536", "--tmpfs", "/dev"]
@@ -246,17 +268,19 @@ def bwrap_prefix(params: LabelParams, root: bool) -> list[str]:
     argv += ["--perms", "1777", "--size", scratch_bytes, "--tmpfs", "/dev/shm"]
     # After /tmp: a venv under /tmp is bound on top of the scratch tmpfs (read-only, so the
     # warden's wipe of /tmp leaves it alone).
+    made = {"/tmp", "/dev"}  # mounted above: what is made under them now is on their tmpfs
     for d in roots:
         if not _under(d, SYSTEM_DIRS):
-            argv += ["--ro-bind", d, d]
+            argv += _dirs_to(d, made) + ["--ro-bind", d, d]
     # The project, home or cache only where a bound tree holds one (a venv holding the
     # project, say); never a tree itself.
     masks = [h for h in hidden_paths(params) if _under(h, roots) and h not in roots]
     masks += masked_in(roots)
     for p in sorted(set(masks)):
-        # Read-only and tiny: a hiding place must not become a place to write.
+        # Read-only and tiny: a hiding place must not become a place to write. A file (a
+        # socket, a FIFO) becomes an empty regular file, not /dev/null: no device node more.
         argv += ["--perms", "0555", "--size", "4096", "--tmpfs", p] if os.path.isdir(p) and not os.path.islink(p) \
-            else ["--ro-bind", "/dev/null", p]
+            else ["--ro-bind", _empty_file(), p]
     # Nothing of the view's own skeleton (/, /dev, /etc made by bwrap) is writable.
     argv += ["--remount-ro", "/dev", "--remount-ro", "/"]
     argv += ["--clearenv"]
@@ -326,6 +350,9 @@ def diagnose(log: str, root: bool) -> str:
     if "execvp" in bwrap_says or "No such file" in bwrap_says:
         return (f"{bwrap_says}: the interpreter {sys.executable} is not in the sandbox's view; it is bound from "
                 f"{', '.join(python_roots())}: if label.hide_paths names one of them, remove it from there")
+    if bwrap_says and not any(w in bwrap_says for w in ("namespace", "uid map", "gid map", "not permitted",
+                                                          "Permission denied", "mount")):
+        return f"bwrap rejected the sandbox's command line ({bwrap_says}): a bug in fractal's execution/isolation.py"
     if bwrap_says:
         return (f"bwrap cannot build its namespaces here ({bwrap_says}). Allow them: as a user, unprivileged user "
                 "namespaces (sysctl -w kernel.unprivileged_userns_clone=1; Ubuntu 24.04: also "
