@@ -150,6 +150,16 @@ def python_roots() -> list[str]:
     return [d for d in real if not _under(d, [r for r in real if r != d])]
 
 
+def scanned_roots(roots: list[str]) -> list[str]:
+    """Where copies of a benchmark are looked for: the interpreter's trees, but for a system
+    interpreter (prefix /usr) only its site-packages, not the whole of /usr."""
+    site_dirs = {os.path.realpath(d) for d in site.getsitepackages()}
+    site_dirs.update(os.path.realpath(sysconfig.get_paths()[k]) for k in ("purelib", "platlib"))
+    out = [r for r in roots if not _under(r, SYSTEM_DIRS)]
+    out += sorted(d for d in site_dirs if _under(d, SYSTEM_DIRS) and os.path.isdir(d) and not _under(d, out))
+    return out
+
+
 def _is_benchmark_data(path: str) -> bool:
     try:
         with (gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")) as f:
@@ -275,7 +285,7 @@ def bwrap_prefix(params: LabelParams, root: bool) -> list[str]:
     # The project, home or cache only where a bound tree holds one (a venv holding the
     # project, say); never a tree itself.
     masks = [h for h in hidden_paths(params) if _under(h, roots) and h not in roots]
-    masks += masked_in(roots)
+    masks += masked_in(scanned_roots(roots))
     for p in sorted(set(masks)):
         # Read-only and tiny: a hiding place must not become a place to write. A file (a
         # socket, a FIFO) becomes an empty regular file, not /dev/null: no device node more.
