@@ -12,7 +12,7 @@ problems = read_jsonl("data/problems.jsonl", Problem)
 generations = read_jsonl("data/generations.jsonl", Generation)
 labels = label_candidates(problems, generations, p)
 write_jsonl("data/labels.jsonl", labels)
-statuses = problem_statuses(problems)
+statuses = problem_statuses([q for q in problems if q.problem_id in {g.problem_id for g in generations}])
 metrics = pass_rates(problems, labels, excluded={pid for pid, (s, _) in statuses.items() if s not in COUNTED})
 # A number, so that MLflow (which logs the metrics files' numbers) shows it too: 0 means
 # model code ran unconfined and any of these labels may be forged.

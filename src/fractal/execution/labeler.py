@@ -44,25 +44,24 @@ def label_candidates(problems: list[Problem], generations: list[Generation], par
     if missing:
         raise ValueError(f"{len(missing)} generation(s) name problems that are not given (first: {missing[0]}); "
                          "were generations made from another prepare output?")
-    plans = plan_problems([by_id[pid] for pid in sorted({g.problem_id for g in generations})])
-    _list_odd_problems(plans)
     limits = limits_of(params)
     keys = [label_key(by_id[g.problem_id], g.program, limits) for g in generations]
     first_of: dict[str, Generation] = {}
     for key, g in zip(keys, generations):
-        if plans[g.problem_id].status in JUDGED:
-            first_of.setdefault(key, g)
+        first_of.setdefault(key, g)
 
     cache = LabelCache(params.cache_dir, mode_of(params))
     try:
         known = cache.get_many(list(first_of))
         todo = [(key, g) for key, g in first_of.items() if key not in known]
-        print(f"label: {len(generations)} candidates, {len(first_of)} distinct programs to judge, "
+        print(f"label: {len(generations)} candidates, {len(first_of)} distinct programs, "
               f"{len(known)} in the cache ({cache.isolation}), {len(todo)} to run", file=sys.stderr)
         if todo:
-            known.update(_execute(todo, plans, params, cache))
+            known.update(_execute(todo, by_id, params, cache))
     finally:
         cache.close()
+    plans = plan_problems([by_id[pid] for pid in sorted({g.problem_id for g in generations})])
+    _list_odd_problems(plans)
     labels = []
     for key, g in zip(keys, generations):
         plan = plans[g.problem_id]
@@ -108,18 +107,22 @@ def _list_odd_problems(plans: dict[str, TestPlan]) -> None:
               f"{' ...' if len(pids) > 20 else ''}", file=sys.stderr)
 
 
-def _execute(todo: list[tuple[str, Generation]], plans: dict[str, TestPlan], params: LabelParams,
+def _execute(todo: list[tuple[str, Generation]], by_id: dict[str, Problem], params: LabelParams,
              cache: LabelCache) -> dict[str, tuple[str, str, float]]:
     n_workers = params.workers or _cores()
     groups, group_of = _groups([g.program for _, g in todo], params, n_workers)
     out: dict[str, tuple[str, str, float]] = {}
     start = time.monotonic()
-    # The workers start (and import their preloads) while the programs are compiled here.
+    # The workers start (and import their preloads) while the tests are recorded and the
+    # programs compiled here.
     with WorkerPool(params, groups, Path(params.cache_dir) / "logs") as pool:
+        plans = plan_problems([by_id[pid] for pid in sorted({g.problem_id for _, g in todo})])
         calls_json = {pid: plan.calls_json for pid, plan in plans.items()}
         tasks = []
         for i, (key, g) in enumerate(todo):
             plan = plans[g.problem_id]
+            if plan.status not in JUDGED:
+                continue  # nothing to learn from running it (label_candidates says why)
             code, syntax = _compile(g.program)
             if syntax:
                 # Compiling runs none of the candidate's code, so it need not go to the
