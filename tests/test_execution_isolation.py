@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import json
+import lzma
 import os
 import shutil
 import socket
@@ -141,6 +142,8 @@ def test_masked_in_finds_copies_sockets_and_fifos(tmp_path):
     (tree / "innocent" / "data" / "problems.jsonl").write_text(LEAKED + "\n")  # a copy under an innocent name
     with gzip.open(tree / "innocent" / "data" / "x.json.gz", "wt") as f:
         f.write(LEAKED)
+    with lzma.open(tree / "innocent" / "data" / "y.jsonl.xz", "wt") as f:
+        f.write(LEAKED)
     (tree / "evalplus").mkdir()
     (tree / "innocent" / "readme.txt").write_text("nothing to see\n")  # a decoy that stays
     (tree / "innocent" / "module.py").write_text("x = 1\n")
@@ -152,8 +155,8 @@ def test_masked_in_finds_copies_sockets_and_fifos(tmp_path):
     finally:
         sock.close()
     rel = sorted(os.path.relpath(p, tree) for p in found)
-    assert rel == ["evalplus", "innocent/data/problems.jsonl", "innocent/data/x.json.gz", "innocent/fifo",
-                   "innocent/s.sock"]
+    assert rel == ["evalplus", "innocent/data/problems.jsonl", "innocent/data/x.json.gz", "innocent/data/y.jsonl.xz",
+                   "innocent/fifo", "innocent/s.sock"]
 
 
 # ------------------------------------------------------------------------------------------

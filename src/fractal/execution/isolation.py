@@ -40,8 +40,10 @@ frame; when it does not come, the error names the cause found in its log and the
 from __future__ import annotations
 
 import atexit
+import bz2
 import gzip
 import importlib.util
+import lzma
 import os
 import select
 import shutil
@@ -161,10 +163,11 @@ def scanned_roots(roots: list[str]) -> list[str]:
 
 
 def _is_benchmark_data(path: str) -> bool:
+    opener = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}.get(os.path.splitext(path)[1].lower(), open)
     try:
-        with (gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")) as f:
+        with opener(path, "rb") as f:
             head = f.read(_SCAN_BYTES)
-    except (OSError, EOFError, ValueError):  # unreadable to us, or not really gzip: read raw
+    except (OSError, EOFError, ValueError, lzma.LZMAError):  # unreadable, or not really compressed: read raw
         try:
             with open(path, "rb") as f:
                 head = f.read(_SCAN_BYTES)
