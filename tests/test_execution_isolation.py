@@ -88,8 +88,8 @@ def test_a_venv_anywhere_runs_the_sandbox(where, tmp_path):
     interpreter under a 0700 home (pyenv under /root here) with HOME elsewhere, or inside
     the project: the label comes out of the sandbox."""
     require_sandbox()
-    base = {"tmp": tmp_path, "var_tmp": Path(tempfile.mkdtemp(dir="/var/tmp", prefix="fractal-venv-")),
-            "project": tmp_path / "project"}[where]
+    base = Path(tempfile.mkdtemp(dir="/var/tmp", prefix="fractal-venv-")) if where == "var_tmp" else \
+        {"tmp": tmp_path, "project": tmp_path / "project"}[where]
     try:
         project = tmp_path / "project"
         project.mkdir(exist_ok=True)
