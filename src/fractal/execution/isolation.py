@@ -438,4 +438,5 @@ def make_sandbox(params: LabelParams, worker_index: int = 0) -> Sandbox:
     warnings.warn(UNSAFE_BANNER, stacklevel=2)
     print(UNSAFE_BANNER, file=sys.stderr)
     scratch = tempfile.mkdtemp(prefix="fractal-scratch-")
+    atexit.register(shutil.rmtree, scratch, True)  # the worker empties it between candidates; this removes it
     return Sandbox("none", scratch, [], dict(SANDBOX_ENV, HOME=scratch, TMPDIR=scratch), scratch, None)
