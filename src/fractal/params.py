@@ -88,6 +88,29 @@ class LabelParams:
 
 
 @dataclasses.dataclass
+class GentestsParams:
+    source: str = "replay"  # replay (recorded test cases) | transformers | vllm (the generate section's model)
+    file: str = "data/raw/codet-humaneval/HumanEval_codegen16B_temp0.8_topp0.95_num100_max300_test_case.jsonl"
+    prompts_file: str = "data/raw/codet-humaneval/HumanEval_for_test_case_generation.jsonl"  # replay: maps lines to problems
+    samples: int = 100  # test-case samples per problem (replay: the first N recorded; 0: all)
+    test_case_limit: int = 5  # asserts kept from the start of each sample (CodeT's default)
+    temperature: float = 0.8  # transformers, vllm (CodeT sampled its tests as its programs)
+    top_p: float = 0.95
+    max_tokens: int = 300
+    seed: int = 0
+
+
+@dataclasses.dataclass
+class ProbeParams:
+    workers: int = 0  # sandboxed warm workers; 0: one per core (the sandbox's limits: the label section)
+    timeout: float = 0.1  # CPU seconds per call of a generated test input (CodeT: 0.1 s per test)
+    load_timeout: float = 1.0  # CPU seconds for the candidate's module (its imports) to load
+    wall_timeout: float = 3.0  # wall seconds for one run of a candidate on its inputs
+    signature_chars: int = 2000  # an output signature longer than this is kept as "#" + its sha256
+    cache_dir: str = ".fractal/probe-cache"  # content-addressed results, so a killed probe resumes
+
+
+@dataclasses.dataclass
 class TrainParams:
     backbone: str = "minilm"  # minilm (the packaged all-MiniLM-L6-v2) or a Hugging Face id / local path
     method: str = "head"  # head: frozen encoder + cached embeddings + MLP | full | lora
@@ -125,6 +148,8 @@ SECTIONS: dict[str, type] = {
     "prepare": PrepareParams,
     "generate": GenerateParams,
     "label": LabelParams,
+    "gentests": GentestsParams,
+    "probe": ProbeParams,
     "train": TrainParams,
     "rank": RankParams,
 }

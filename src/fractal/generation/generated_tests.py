@@ -1,0 +1,298 @@
+"""Generated tests: the test cases the code model itself wrote, as plain data.
+
+    records, stats = build_generated_tests(problems, samples_by_problem, test_case_limit)
+
+These are what execution-agreement rankers (CodeT, SRank) rank with; they are never the
+problem's real tests. Two sources:
+- replay: the recorded test-case samples of microsoft/CodeT
+  (HumanEval_codegen16B_..._test_case.jsonl), one line per test-generation prompt; lines
+  map to problems through CodeT's prompts (HumanEval_for_test_case_generation.jsonl) by
+  their exact text, as CodeT's `map_task_id_for_test_case` does (entry points alone are
+  ambiguous: 158 names for 164 problems).
+- transformers / vllm: CodeT's prompt (`codet_test_prompt`) sampled through the
+  generation backends.
+
+Parsing follows CodeT's `PostProcessor.test_case_extract` exactly (split on "assert ",
+keep parts naming the entry point, cut at CodeT's stop tokens, keep what compiles), then
+keeps the first `test_case_limit` of each sample, as CodeT's agreement does. Of those,
+only `entry_point(args) == expected` (either side of the `==`) with literal arguments and
+a literal expected value becomes a test: arguments and expected value are read with
+`ast.literal_eval`, so no model-written code runs here. Everything else is counted, not
+kept: another comparison (`!=`, `<`, `is`, a bare call, `and`), or a value that is not a
+literal (`float('inf')`, a variable, a nested call). An assert message is ignored: it is
+only evaluated when the assert fails, so it cannot change a verdict.
+
+Record (data/generated_tests.jsonl, one line per problem, in problems order):
+    {"problem_id", "inputs": [call, ...], "tests": [{"input", "expected", "count"}, ...],
+     "asserts": [source, ...]}
+`inputs` are the distinct calls, as judge.py encodes them ([args, kwargs], plain data);
+`tests` the distinct (input, expected) pairs, each pointing at its input, with `count`,
+how many times the model wrote it (CodeT's and SRank's scores weigh a test by it);
+`asserts[j]` is the first source text that gave tests[j]. A problem whose samples hold
+no usable assert has empty lists: of the recorded CodeGen-16B HumanEval samples, 9
+problems have no assert CodeT would run, and 6 more only asserts no candidate can pass
+(`assert ____(fib(2) == 1)`, `assert max_fill(grid, capacity) == 42`: names that are not
+defined), which are dropped, so 15 have no test; CodeT's ranking is the same either way.
+
+MBPP: the problem's prompt shows its real test asserts; the test-generation prompt does
+not. It is built from the task text and the reference solution's `def` line (the name
+and parameters only), so no real test reaches a generated test.
+"""
+from __future__ import annotations
+
+import ast
+import dataclasses
+import json
+import re
+from pathlib import Path
+from typing import Any, Iterable
+
+from fractal.execution.judge import _encode_call
+from fractal.execution.worker import encode_plain
+from fractal.records import Problem
+
+# CodeT's STOP_TOKEN (src/postprocess.py): a test case ends at the first of these.
+CODET_STOP = ["\nclass", "\ndef", "\n#", "\nif", "\nprint"]
+MAX_ASSERT_CHARS = 10_000  # longer asserts are dropped: no model writes a useful one that long
+
+
+def codet_extract(content: str, entry_point: str) -> list[str]:
+    """The assert statements CodeT takes from one sample, in order (its
+    `test_case_extract`, quirks included: a part that does not name the entry point, or
+    that does not compile inside a try block, is dropped, e.g. `assert \\n f(1) == 2`)."""
+    def truncate(text: str) -> str:
+        for stop in CODET_STOP:
+            if stop in text:
+                text = text.split(stop)[0]
+        return text.strip()
+
+    parts = [f"assert {part}".strip() for part in f"assert {content}".split("assert ")
+             if entry_point.strip() in part and len(part.strip()) > 0]
+    return [t for t in map(truncate, parts) if _compiles_like_codet(t)]
+
+
+def _compiles_like_codet(test_case: str) -> bool:
+    if len(test_case.strip()) < 1 or "assert" not in test_case:
+        return False
+    block = "try:\n    " + test_case.replace("\n", "\n    ") + "\nexcept:\n    pass\n"
+    try:
+        compile(block, "", "exec", dont_inherit=True)
+        return True
+    except Exception:  # SyntaxError, ValueError (NUL bytes), RecursionError, MemoryError
+        return False
+
+
+@dataclasses.dataclass
+class ParsedAssert:
+    call: str  # judge._encode_call's JSON text
+    expected: Any  # encode_plain's form
+    source: str
+
+
+def parse_assert(source: str, entry_point: str) -> ParsedAssert | str:
+    """One assert as plain data, or why it is dropped: "comparison" (not a single `==`
+    between a call of the entry point and a value) or "not_literal" (arguments or the
+    expected value are not literals, or too big to encode)."""
+    if len(source) > MAX_ASSERT_CHARS:
+        return "not_literal"
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return "comparison"
+    if len(tree.body) != 1 or not isinstance(tree.body[0], ast.Assert):
+        return "comparison"
+    test = tree.body[0].test
+    if not (isinstance(test, ast.Compare) and len(test.ops) == 1 and isinstance(test.ops[0], ast.Eq)):
+        return "comparison"
+    left, right = test.left, test.comparators[0]
+    if _is_entry_call(left, entry_point):
+        call, value = left, right
+    elif _is_entry_call(right, entry_point):
+        call, value = right, left
+    else:
+        return "comparison"
+    try:
+        if any(isinstance(a, ast.Starred) for a in call.args) or any(k.arg is None for k in call.keywords):
+            return "not_literal"
+        args = [ast.literal_eval(a) for a in call.args]
+        kwargs = {k.arg: ast.literal_eval(k.value) for k in call.keywords}
+        expected = ast.literal_eval(value)
+        encoded_call = _encode_call(tuple(args), kwargs)
+        encoded_expected = encode_plain(expected)
+        json.dumps(encoded_expected)  # NaN and inf are fine (allow_nan); nothing else can fail
+    except (ValueError, TypeError, SyntaxError, RecursionError, MemoryError, OverflowError):
+        return "not_literal"  # ValueError also: an int literal beyond Python's digit limit
+    return ParsedAssert(encoded_call, encoded_expected, source)
+
+
+def _is_entry_call(node: ast.expr, entry_point: str) -> bool:
+    return isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == entry_point
+
+
+@dataclasses.dataclass
+class GenerationStats:
+    samples: int = 0
+    blank_samples: int = 0  # whitespace only
+    asserts: int = 0  # CodeT's asserts within the limit
+    kept: int = 0  # of those, tests (before deduplication)
+    dropped_comparison: int = 0
+    dropped_not_literal: int = 0
+    without_asserts: list[str] = dataclasses.field(default_factory=list)  # problem ids: CodeT finds no assert
+    without_tests: list[str] = dataclasses.field(default_factory=list)  # problem ids: no assert kept
+
+
+def generated_tests_record(problem: Problem, samples: Iterable[str], limit: int, stats: GenerationStats) -> dict:
+    """The record of one problem from the model's test-case samples (see the module doc)."""
+    inputs: list[str] = []
+    input_index: dict[str, int] = {}
+    tests: list[dict] = []
+    asserts: list[str] = []
+    test_index: dict[tuple[int, str], int] = {}
+    n_asserts = stats.asserts
+    for sample in samples:
+        stats.samples += 1
+        if not sample.strip():
+            stats.blank_samples += 1
+            continue
+        for source in codet_extract(sample, problem.entry_point)[:limit]:
+            stats.asserts += 1
+            parsed = parse_assert(source, problem.entry_point)
+            if isinstance(parsed, str):
+                if parsed == "comparison":
+                    stats.dropped_comparison += 1
+                else:
+                    stats.dropped_not_literal += 1
+                continue
+            stats.kept += 1
+            i = input_index.setdefault(parsed.call, len(inputs))
+            if i == len(inputs):
+                inputs.append(parsed.call)
+            key = (i, json.dumps(parsed.expected, sort_keys=True))
+            j = test_index.get(key)
+            if j is None:
+                test_index[key] = len(tests)
+                tests.append({"input": i, "expected": parsed.expected, "count": 1})
+                asserts.append(source)
+            else:
+                tests[j]["count"] += 1
+    if stats.asserts == n_asserts:
+        stats.without_asserts.append(problem.problem_id)
+    if not tests:
+        stats.without_tests.append(problem.problem_id)
+    return {"problem_id": problem.problem_id, "inputs": inputs, "tests": tests, "asserts": asserts}
+
+
+def build_generated_tests(problems: list[Problem], samples_by_problem: dict[str, list[str]],
+                          limit: int) -> tuple[list[dict], GenerationStats]:
+    stats = GenerationStats()
+    records = [generated_tests_record(p, samples_by_problem[p.problem_id], limit, stats) for p in problems]
+    return records, stats
+
+
+# ---------------------------------------------------------------------------------------
+# Sources
+# ---------------------------------------------------------------------------------------
+def _read_lines(path: Path, what: str) -> list[dict]:
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file ({what})")
+    out = []
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+    return out
+
+
+def load_recorded_tests(test_case_file: str | Path, prompts_file: str | Path,
+                        problems: list[Problem]) -> dict[str, list[str]]:
+    """{problem_id: recorded test-case samples}: each line of `test_case_file` ({prompt,
+    samples}) is mapped to a task id through the exact text of CodeT's test-generation
+    prompts in `prompts_file` ({task_id, prompt, ...})."""
+    test_case_file, prompts_file = Path(test_case_file), Path(prompts_file)
+    task_of = {}
+    for row in _read_lines(prompts_file, "CodeT's test-generation prompts"):
+        task_of[row["prompt"]] = row["task_id"]
+    by_task: dict[str, list[str]] = {}
+    for lineno, row in enumerate(_read_lines(test_case_file, "recorded test cases"), 1):
+        try:
+            prompt, samples = row["prompt"], row["samples"]
+        except (KeyError, TypeError):
+            raise ValueError(f"{test_case_file}:{lineno}: expected {{'prompt': str, 'samples': [str]}}") from None
+        task = task_of.get(prompt)
+        if task is None:
+            raise ValueError(f"{test_case_file}:{lineno}: its prompt is none of the prompts in {prompts_file}; "
+                             "are the two files from the same CodeT release?")
+        by_task.setdefault(task, []).extend(samples)
+    missing = [p.problem_id for p in problems if p.problem_id not in by_task]
+    if missing:
+        raise ValueError(f"{test_case_file}: no recorded test cases for {len(missing)} problem(s) "
+                         f"(first: {missing[0]}); set gentests.source to a model backend for this benchmark")
+    return by_task
+
+
+_DEF = re.compile(r"^def\s+([A-Za-z_]\w*)\s*\(.*?\)\s*(->[^:]*)?:", re.M | re.S)
+
+
+def codet_test_prompt(problem: Problem) -> str:
+    """CodeT's test-generation prompt: the stub with its docstring, `pass`, then
+    `# check the correctness of {entry_point}` and `assert `. HumanEval: the problem's
+    prompt (header and docstring). MBPP: the reference's `def` line of the entry point and
+    the task text as docstring; never the real test asserts the problem's prompt shows."""
+    if problem.text:
+        header = _def_line(problem.reference, problem.entry_point)
+        text = problem.text.replace('"""', "'''")
+        stub = f'{header}\n    """{text}\n    """\n'
+    else:
+        stub = problem.prompt.rstrip() + "\n"
+    return f"{stub}    pass\n\n# check the correctness of {problem.entry_point}\nassert "
+
+
+def _def_line(reference: str, entry_point: str) -> str:
+    for m in _DEF.finditer(reference):
+        if m.group(1) == entry_point:
+            return m.group(0)
+    return f"def {entry_point}(*args):"
+
+
+def sample_tests(problems: list[Problem], backend_name: str, generate_params: Any) -> dict[str, list[str]]:
+    """{problem_id: completions of CodeT's test prompt}, sampled with a generation backend
+    (transformers or vllm) under `generate_params` (a GenerateParams)."""
+    from fractal.generation.backend import get_backend
+
+    prompted = [dataclasses.replace(p, prompt=codet_test_prompt(p), text="") for p in problems]
+    out: dict[str, list[str]] = {p.problem_id: [] for p in problems}
+    for g in get_backend(backend_name).generate(prompted, generate_params):
+        out[g.problem_id].append(g.completion)
+    return out
+
+
+def generated_tests(problems: list[Problem], params: Any, generate_params: Any) -> tuple[list[dict], GenerationStats]:
+    """The generated-tests records of `problems` under the gentests section `params`
+    (source replay: the recorded file; transformers / vllm: the generate section's model,
+    with gentests' sampling params and no stop sequences: CodeT's parsing cuts each assert)."""
+    from fractal.params import ParamsError
+
+    if params.test_case_limit < 1:
+        raise ParamsError(f"params.yaml: `gentests.test_case_limit` is {params.test_case_limit}; it must be >= 1")
+    if params.samples < 0:
+        raise ParamsError(f"params.yaml: `gentests.samples` is {params.samples}; use 0 (all recorded) or more")
+    if params.source == "replay":
+        samples = load_recorded_tests(params.file, params.prompts_file, problems)
+        if params.samples:
+            short = [pid for pid, s in samples.items() if len(s) < params.samples]
+            if short:
+                raise ParamsError(f"params.yaml: `gentests.samples` is {params.samples} but {params.file} has fewer "
+                                  f"for {len(short)} problem(s) (first: {short[0]})")
+            samples = {pid: s[: params.samples] for pid, s in samples.items()}
+    elif params.source in ("transformers", "vllm"):
+        if params.samples < 1:
+            raise ParamsError(f"params.yaml: `gentests.samples` must be >= 1 for source {params.source}")
+        sampling = dataclasses.replace(generate_params, backend=params.source, n=params.samples, stop=[],
+                                       temperature=params.temperature, top_p=params.top_p,
+                                       max_tokens=params.max_tokens, seed=params.seed, prompt_style="completion")
+        samples = sample_tests(problems, params.source, sampling)
+    else:
+        raise ParamsError(f"params.yaml: `gentests.source` is {params.source!r}; choose replay, transformers or vllm")
+    return build_generated_tests(problems, samples, params.test_case_limit)

@@ -1,0 +1,356 @@
+"""Generated tests (CodeT's parsing, by hand-written cases and on the recorded file) and the
+probe (every candidate on the generated inputs, in the real sandbox): per-call limits,
+comparison outside the candidate, resuming after SIGKILL, a real `dvc repro`."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from fractal.execution.probe import probe_candidates, signature
+from fractal.generation.generated_tests import (
+    GenerationStats, codet_extract, codet_test_prompt, generated_tests_record, load_recorded_tests, parse_assert,
+)
+from fractal.params import LabelParams, ProbeParams
+from fractal.records import Generation, Problem
+
+REPO = Path(__file__).resolve().parent.parent
+RAW = REPO / "data/raw/codet-humaneval"
+TEST_CASES = RAW / "HumanEval_codegen16B_temp0.8_topp0.95_num100_max300_test_case.jsonl"
+TEST_PROMPTS = RAW / "HumanEval_for_test_case_generation.jsonl"
+
+
+def problem(pid: str = "t/0", entry: str = "f", prompt: str = "def f(x):\n    \"\"\"Twice x.\"\"\"\n") -> Problem:
+    return Problem(pid, "humaneval", "test", prompt, entry, "def check(candidate):\n    assert candidate(1) == 2\n",
+                   prompt + "    return 2 * x\n")
+
+
+def record(samples: list[str], limit: int = 5, entry: str = "f") -> tuple[dict, GenerationStats]:
+    stats = GenerationStats()
+    return generated_tests_record(problem(entry=entry), samples, limit, stats), stats
+
+
+# ------------------------------------------------------------------------------------------
+# Parsing, by hand
+# ------------------------------------------------------------------------------------------
+def test_blank_samples_give_no_test_and_are_counted():
+    rec, stats = record(["\n", "   \n\t", ""])
+    assert rec == {"problem_id": "t/0", "inputs": [], "tests": [], "asserts": []}
+    assert stats.blank_samples == 3 and stats.without_asserts == ["t/0"] and stats.without_tests == ["t/0"]
+
+
+def test_codet_extract_keeps_its_quirks():
+    # The sample continues "assert "; parts not naming the entry point go; an assert
+    # followed by a newline does not compile in CodeT's try block and goes; a stop token
+    # cuts its own part only (the sample is split on "assert " first).
+    sample = "f(1) == 2\nassert g(1) == 3\nassert \n    f(2) == 4\nassert f(3) == 6\nprint(f(3))\nassert f(4) == 8"
+    assert codet_extract(sample, "f") == ["assert f(1) == 2", "assert f(3) == 6", "assert f(4) == 8"]
+
+
+def test_only_the_first_limit_asserts_of_each_sample_count():
+    sample = "\nassert ".join(f"f({i}) == {2 * i}" for i in range(8))
+    rec, stats = record([sample, "f(100) == 200"], limit=5)
+    assert [json.loads(c)[0] for c in rec["inputs"]] == [[0], [1], [2], [3], [4], [100]]
+    assert stats.asserts == 6 and stats.kept == 6
+
+
+def test_the_limit_counts_asserts_that_are_then_dropped():
+    # CodeT takes the first 5 of what it extracts, `!=` and all; only then are they filtered.
+    sample = "f(1) != 3\nassert f(2) is True\nassert not f(3)\nassert f(4)\nassert f(5) < 1\nassert f(6) == 12"
+    rec, stats = record([sample], limit=5)
+    assert rec["tests"] == [] and stats.dropped_comparison == 5 and stats.kept == 0
+
+
+@pytest.mark.parametrize("source, why", [
+    ("assert f(1) != 2", "comparison"),
+    ("assert f(1) is 2", "comparison"),
+    ("assert f(1) == 2 == 2", "comparison"),
+    ("assert f(1) == 2 and f(2) == 4", "comparison"),
+    ("assert f(1) in [2]", "comparison"),
+    ("assert abs(f(1) - 2) < 1e-6", "comparison"),
+    ("assert round(f(1), 2) == 2", "comparison"),
+    ("assert ____(f(1) == 2)", "comparison"),
+    ("assert f(x) == 2", "not_literal"),
+    ("assert f([1, 2], key=len) == 2", "not_literal"),
+    ("assert f(*[1]) == 2", "not_literal"),
+    ("assert f(1) == float('inf')", "not_literal"),
+    ("assert f(1) == ____", "not_literal"),
+    ("assert f(1) == '" + "x" * 20_000 + "'", "not_literal"),  # too long to be worth keeping
+    ("assert f(__import__('os').system('echo pwned')) == 0", "not_literal"),
+])
+def test_asserts_that_are_not_a_literal_equality_are_dropped(source, why):
+    assert parse_assert(source, "f") == why
+
+
+def test_literal_equalities_become_plain_data():
+    p = parse_assert("assert f([1, 2.5], (3,), k={'a': None}) == {1, 2}, 'a message'", "f")
+    assert json.loads(p.call) == [[[1, 2.5], {"t": [3]}], {"d": [["k", {"d": [["a", None]]}]]}]
+    assert p.expected == {"s": [1, 2]}
+    assert parse_assert("assert -3 == f(-1)", "f").expected == -3  # the expected value on the left
+    assert parse_assert("assert (f('a') == 'b')", "f").expected == "b"
+    assert parse_assert("assert f(2**3) == 8", "f") == "not_literal"  # ast.literal_eval computes nothing
+
+
+def test_inputs_and_tests_are_deduplicated_with_counts():
+    rec, stats = record(["f(1) == 2\nassert f(1) == 2, 'again'\nassert f(1) == 3\nassert f(2) == 4", "f(1) == 2"])
+    assert [json.loads(c)[0] for c in rec["inputs"]] == [[1], [2]]
+    assert rec["tests"] == [{"input": 0, "expected": 2, "count": 3}, {"input": 0, "expected": 3, "count": 1},
+                            {"input": 1, "expected": 4, "count": 1}]
+    assert rec["asserts"] == ["assert f(1) == 2", "assert f(1) == 3", "assert f(2) == 4"]
+    assert stats.kept == 5
+
+
+def test_recorded_lines_map_to_problems_by_prompt_text_not_entry_point(tmp_path):
+    # Two problems with the same entry point: only the prompt tells their lines apart.
+    a = problem("t/a", "f", "def f(x):\n    \"\"\"Twice x.\"\"\"\n")
+    b = problem("t/b", "f", "def f(x):\n    \"\"\"Thrice x.\"\"\"\n")
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"task_id": p.problem_id, "prompt": codet_test_prompt(p)}) + "\n"
+                               for p in (a, b)))
+    cases = tmp_path / "cases.jsonl"
+    cases.write_text(json.dumps({"prompt": codet_test_prompt(b), "samples": ["f(1) == 3"]}) + "\n"
+                     + json.dumps({"prompt": codet_test_prompt(a), "samples": ["f(1) == 2"]}) + "\n")
+    assert load_recorded_tests(cases, prompts, [a, b]) == {"t/a": ["f(1) == 2"], "t/b": ["f(1) == 3"]}
+
+
+def test_codet_test_prompt_matches_codets_own_prompts():
+    from fractal.benchmarks.humaneval import load_humaneval
+
+    theirs = {r["task_id"]: r["prompt"] for r in map(json.loads, TEST_PROMPTS.open())}
+    ours = load_humaneval("local", "codet", str(REPO / "data/raw"))
+    same = sum(codet_test_prompt(p) == theirs[p.problem_id] for p in ours)
+    assert same == len(ours) == 164
+
+
+def test_mbpp_test_prompt_shows_no_real_assert():
+    from fractal.benchmarks.mbpp import load_mbpp
+
+    for p in load_mbpp("local", str(REPO / "data/raw"))[:50]:
+        prompt = codet_test_prompt(p)
+        assert prompt.endswith(f"# check the correctness of {p.entry_point}\nassert ")
+        assert f"def {p.entry_point}(" in prompt
+        assert not any(line.strip() in prompt for line in p.tests.splitlines() if line.strip().startswith("assert"))
+
+
+def test_the_recorded_file_as_codet_reads_it():
+    from fractal.benchmarks.humaneval import load_humaneval
+    from fractal.generation.generated_tests import build_generated_tests
+
+    problems = load_humaneval("local", "codet", str(REPO / "data/raw"))
+    records, stats = build_generated_tests(problems, load_recorded_tests(TEST_CASES, TEST_PROMPTS, problems), 5)
+    assert stats.samples == 16400 and 0.45 < stats.blank_samples / stats.samples < 0.5  # "about half"
+    assert len(stats.without_asserts) == 9  # CodeT's figure: 9 problems with no usable test
+    with_tests = [r for r in records if r["tests"]]
+    mean_tests = sum(len(r["tests"]) for r in records) / len(records)
+    print(f"recorded file: {len(with_tests)} of {len(records)} problems have >= 1 test; "
+          f"{mean_tests:.1f} tests per problem")
+    assert len(with_tests) == 149 and 35 < mean_tests < 45
+    for r in records:
+        assert all(0 <= t["input"] < len(r["inputs"]) and t["count"] >= 1 for t in r["tests"])
+        assert len(set(r["inputs"])) == len(r["inputs"]) and len(r["asserts"]) == len(r["tests"])
+
+
+# ------------------------------------------------------------------------------------------
+# The probe, in the real sandbox
+# ------------------------------------------------------------------------------------------
+def generated_for(pid: str, entry: str, asserts: list[str]) -> dict:
+    rec = generated_tests_record(problem(pid, entry), ["\nassert ".join(a.removeprefix("assert ") for a in asserts)],
+                                 len(asserts), GenerationStats())
+    assert len(rec["asserts"]) == len(asserts)
+    return rec
+
+
+def run_probe(tmp_path, programs: list[str], asserts: list[str], entry: str = "f", **kw) -> list[dict]:
+    p = problem("t/0", entry)
+    gens = [Generation("t/0", i, "", prog, "x", "x") for i, prog in enumerate(programs)]
+    params = ProbeParams(workers=kw.pop("workers", 1), cache_dir=str(tmp_path / "probe-cache"), **kw)
+    return probe_candidates([p], gens, [generated_for("t/0", entry, asserts)], params, LabelParams())
+
+
+def test_probe_records_signatures_and_passes_compared_outside(tmp_path):
+    asserts = ["assert f(1) == 2", "assert f(2) == 4.0", "assert f(3) == [6]", "assert f(0) == 0"]
+    programs = [
+        "def f(x):\n    return 2 * x if x != 3 else [6]\n",           # all pass; 4 == 4.0
+        "def f(x):\n    return 2 * x if x != 3 else (6,)\n",          # (6,) != [6]
+        "def f(x):\n    if x == 2:\n        raise ValueError\n    return {x, 'a'}\n",
+        "def f(x)\n    return x\n",
+        "import no_such_module\ndef f(x):\n    return x\n",
+    ]
+    a, b, c, d, e = run_probe(tmp_path, programs, asserts)
+    assert a == {"problem_id": "t/0", "sample": 0, "outputs": ["2", "4", "[6]", "0"], "passed": [0, 1, 2, 3],
+                 "status": "ok"}
+    assert b["outputs"][2] == '{"t":[6]}' and b["passed"] == [0, 1, 3]
+    assert c["outputs"][1] == "!ValueError" and c["outputs"][0] == '{"s":["a",1]}' and c["passed"] == []
+    assert d["status"] == "syntax_error" and d["outputs"] == ["!syntax_error"] * 4
+    assert e["status"] == "error" and e["outputs"] == ["!ModuleNotFoundError"] * 4
+
+
+def test_the_cpu_limit_is_per_call(tmp_path):
+    # Each of these calls uses ~0.06 s of CPU: together over the 0.1 s limit, each under it.
+    busy = "def f(x):\n    import time\n    t = time.process_time()\n    while time.process_time() - t < 0.06:\n        pass\n"
+    programs = [busy + "    return x\n",
+                "def f(x):\n    while x == 2:\n        pass\n    return x\n"]
+    asserts = [f"assert f({i}) == {i}" for i in range(5)]
+    slow, loop = run_probe(tmp_path, programs, asserts, timeout=0.1)
+    assert slow["outputs"] == ["0", "1", "2", "3", "4"] and slow["passed"] == [0, 1, 2, 3, 4]
+    assert loop["outputs"] == ["0", "1", "!timeout", "3", "4"] and loop["passed"] == [0, 1, 3, 4]
+
+
+def test_a_hostile_candidate_cannot_forge_a_pass_for_another(tmp_path):
+    # The hostile one runs first on the same worker: it leaves a process behind that
+    # writes frames claiming the expected values into the result pipe, and returns an
+    # object equal to everything. The next candidate is wrong and slow to load.
+    hostile = textwrap.dedent("""\
+        import json, os, struct
+        def frame(obj):
+            body = json.dumps(obj).encode()
+            return struct.pack(">I", len(body)) + body
+        if os.fork() == 0:
+            os.setsid()
+            import time
+            for _ in range(200):
+                try:
+                    os.write(3, frame({"load": 1}) + frame({"r": 2}) + frame({"r": 4}) + frame({"r": 6}))
+                except OSError:
+                    pass
+                time.sleep(0.005)
+            os._exit(0)
+        class Always:
+            def __eq__(self, other):
+                return True
+        def f(x):
+            return Always()
+        """)
+    wrong = "import time\ntime.sleep(0.3)\ndef f(x):\n    return -1\n"
+    # Frames a candidate forges for itself are values it claims to return: the same as returning them.
+    forger = textwrap.dedent("""\
+        import json, os, struct
+        sent = []
+        def f(x):
+            if not sent:
+                sent.append(1)
+                for v in (2, 4, 6, 8, 10):
+                    body = json.dumps({"r": v}).encode()
+                    os.write(3, struct.pack(">I", len(body)) + body)
+            return -1
+        """)
+    asserts = ["assert f(1) == 2", "assert f(2) == 4", "assert f(3) == 6"]
+    h, w, f = run_probe(tmp_path, [hostile, wrong, forger], asserts, workers=1)
+    assert h["outputs"] == ['{"o":["Always",true]}'] * 3 and h["passed"] == []
+    assert w["outputs"] == ["-1", "-1", "-1"] and w["passed"] == []
+    assert f["outputs"] == ["2", "4", "6"] and f["passed"] == [0, 1, 2]
+
+
+def test_signatures_are_canonical_and_bounded():
+    assert signature({3, 1, 2}, 100) == signature({2, 3, 1}, 100) == '{"s":[1,2,3]}'
+    assert signature({"b": 1, "a": 2}, 100) == signature({"a": 2, "b": 1}, 100)
+    assert signature(1, 100) != signature(1.0, 100) and signature(True, 100) == "true"
+    big = signature(list(range(10_000)), 100)
+    assert big.startswith("#") and len(big) == 65 and big == signature(list(range(10_000)), 100)
+
+
+# ------------------------------------------------------------------------------------------
+# SIGKILL mid-stage, then resume: the same bytes as an uninterrupted run
+# ------------------------------------------------------------------------------------------
+RESUME_SCRIPT = """
+import json, sys
+from fractal.execution.probe import probe_candidates
+from fractal.params import LabelParams, ProbeParams
+from fractal.records import Generation, Problem, read_jsonl, write_jsonl
+problems = read_jsonl("problems.jsonl", Problem)
+gens = read_jsonl("generations.jsonl", Generation)
+tests = read_jsonl("generated_tests.jsonl")
+write_jsonl(sys.argv[2], probe_candidates(problems, gens, tests, ProbeParams(workers=2, cache_dir=sys.argv[1]),
+                                          LabelParams()))
+"""
+
+
+def _resume_inputs(d: Path) -> None:
+    from fractal.records import write_jsonl
+
+    p = problem("t/0", "f")
+    # 240 distinct, deterministic programs; each sleeps 20 ms, so the run takes seconds.
+    gens = [Generation("t/0", i, "", f"import time\ntime.sleep(0.02)\ndef f(x):\n    return x * {i % 7} + {i}\n",
+                       "x", "x") for i in range(240)]
+    asserts = [f"assert f({i}) == {3 * i + 3}" for i in range(10)]
+    write_jsonl(d / "problems.jsonl", [p])
+    write_jsonl(d / "generations.jsonl", gens)
+    write_jsonl(d / "generated_tests.jsonl", [generated_for("t/0", "f", asserts)])
+
+
+def test_sigkill_mid_probe_resumes_to_the_same_outputs(tmp_path):
+    _resume_inputs(tmp_path)
+    (tmp_path / "run.py").write_text(RESUME_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    run = lambda cache, out: subprocess.Popen([sys.executable, "run.py", cache, out], cwd=tmp_path, env=env,
+                                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    whole = run("cache-whole", "whole.jsonl")
+    assert whole.wait(timeout=300) == 0, whole.stderr.read()[-3000:]
+
+    killed = run("cache", "killed.jsonl")
+    db = tmp_path / "cache" / "probe.sqlite"
+    deadline = time.monotonic() + 120
+    rows = 0
+    while time.monotonic() < deadline and killed.poll() is None:
+        time.sleep(0.1)
+        try:
+            with sqlite3.connect(db) as con:
+                rows = con.execute("SELECT COUNT(*) FROM probe").fetchone()[0]
+        except sqlite3.Error:
+            continue
+        if rows >= 20:
+            break
+    assert killed.poll() is None, "the probe finished before it could be killed; give it more work"
+    os.kill(killed.pid, signal.SIGKILL)
+    killed.wait()
+    assert 20 <= rows < 240 and not (tmp_path / "killed.jsonl").exists()
+
+    resumed = run("cache", "resumed.jsonl")
+    _, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err[-3000:]
+    in_cache = int(err.split(" in the cache")[0].rsplit(", ", 1)[1])
+    assert in_cache >= 20
+    assert (tmp_path / "resumed.jsonl").read_bytes() == (tmp_path / "whole.jsonl").read_bytes()
+
+
+# ------------------------------------------------------------------------------------------
+# A real `dvc repro` through gentests and probe
+# ------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_dvc_repro_runs_gentests_and_probe(tmp_path):
+    from repo_copy import copy_repo, shrink_default_profile
+
+    repo = tmp_path / "repo"
+    copy_repo(repo)
+    shrink_default_profile(repo)
+    subprocess.run(["git", "add", "-A"], cwd=repo, check=True)
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny"], cwd=repo, check=True)
+    env = {**os.environ, "FRACTAL_EXECUTOR": "local", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO / "src")}
+
+    def dvc(*args: str) -> str:
+        r = subprocess.run(["dvc", *args], cwd=repo, env=env, capture_output=True, text=True, timeout=900)
+        assert r.returncode == 0, f"dvc {' '.join(args)} failed:\n{r.stdout[-4000:]}\n{r.stderr[-4000:]}"
+        return r.stdout + r.stderr
+
+    ran = lambda out: [line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")]
+    assert ran(dvc("repro", "probe")) == ["prepare", "generate", "gentests", "probe"]
+    tests = [json.loads(line) for line in (repo / "data/generated_tests.jsonl").open()]
+    probe = [json.loads(line) for line in (repo / "data/probe.jsonl").open()]
+    gens = [json.loads(line) for line in (repo / "data/generations.jsonl").open()]
+    assert [t["problem_id"] for t in tests] == [f"HumanEval/{i}" for i in range(12)]
+    assert [(r["problem_id"], r["sample"]) for r in probe] == [(g["problem_id"], g["sample"]) for g in gens]
+    by_id = {t["problem_id"]: t for t in tests}
+    for r in probe:
+        assert len(r["outputs"]) == len(by_id[r["problem_id"]]["inputs"])
+        assert all(0 <= j < len(by_id[r["problem_id"]]["tests"]) for j in r["passed"])
+    assert sum(bool(r["passed"]) for r in probe) > 20
+    assert ran(dvc("repro", "probe")) == []
+    assert ran(dvc("exp", "run", "-S", "gentests.test_case_limit=2", "probe")) == ["gentests", "probe"]
