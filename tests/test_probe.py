@@ -97,6 +97,8 @@ def test_literal_equalities_become_plain_data():
     assert parse_assert("assert -3 == f(-1)", "f").expected == -3  # the expected value on the left
     assert parse_assert("assert (f('a') == 'b')", "f").expected == "b"
     assert parse_assert("assert f(2**3) == 8", "f") == "not_literal"  # ast.literal_eval computes nothing
+    trailing = parse_assert("assert f(1) == 2\n\nimport numpy as np", "f")
+    assert trailing.expected == 2 and trailing.trailing
 
 
 def test_inputs_and_tests_are_deduplicated_with_counts():
@@ -354,3 +356,34 @@ def test_dvc_repro_runs_gentests_and_probe(tmp_path):
     assert sum(bool(r["passed"]) for r in probe) > 20
     assert ran(dvc("repro", "probe")) == []
     assert ran(dvc("exp", "run", "-S", "gentests.test_case_limit=2", "probe")) == ["gentests", "probe"]
+
+
+# ------------------------------------------------------------------------------------------
+# The model backends: CodeT's prompt through the transformers backend, on a tiny model
+# ------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_generated_tests_from_the_transformers_backend(tmp_path):
+    pytest.importorskip("torch", reason="the transformers backend needs torch")
+    from tiny_model import build_tiny_model
+    from fractal.benchmarks.mbpp import load_mbpp
+    from fractal.generation.generated_tests import generated_tests
+    from fractal.params import GenerateParams, GentestsParams
+
+    problems = [p for p in load_mbpp("local", str(REPO / "data/raw")) if p.split == "train"][:2]
+    # Taught to answer CodeT's prompt (as a chat message) with a fenced block of asserts,
+    # and a line that is not an assert (kept with the last assert, as CodeT keeps it).
+    answers = {p.problem_id: f"```python\nassert {p.entry_point}(1) == 1\nassert {p.entry_point}(2) == [2]\n"
+                             f"x = {p.entry_point}\n```" for p in problems}
+    model = build_tiny_model(tmp_path / "tiny", teach=[(codet_test_prompt(p), answers[p.problem_id])
+                                                       for p in problems], steps=300)
+    generate = GenerateParams(backend="transformers", model=str(model), device="cpu", dtype="float32", batch_size=4)
+    params = GentestsParams(source="generate", samples=4, prompt_style="chat", temperature=0.01, top_p=1.0,
+                            max_tokens=48)
+    records, stats = generated_tests(problems, params, generate)
+    assert stats.samples == 8 and [r["problem_id"] for r in records] == [p.problem_id for p in problems]
+    for p, r in zip(problems, records):
+        assert [json.loads(c)[0] for c in r["inputs"]] == [[1], [2]]
+        assert r["tests"] == [{"input": 0, "expected": 1, "count": 4}, {"input": 1, "expected": [2], "count": 4}]
+    assert stats.kept_with_trailing_code == 8
+    with pytest.raises(ValueError, match="gentests.source"):
+        generated_tests(problems, GentestsParams(source="generate"), GenerateParams(backend="replay"))

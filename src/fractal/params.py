@@ -89,11 +89,13 @@ class LabelParams:
 
 @dataclasses.dataclass
 class GentestsParams:
-    source: str = "replay"  # replay (recorded test cases) | transformers | vllm (the generate section's model)
+    source: str = "replay"  # replay (recorded test cases) | generate (generate's backend) | transformers | vllm
+    # (the model backends sample the generate section's model)
     file: str = "data/raw/codet-humaneval/HumanEval_codegen16B_temp0.8_topp0.95_num100_max300_test_case.jsonl"
     prompts_file: str = "data/raw/codet-humaneval/HumanEval_for_test_case_generation.jsonl"  # replay: maps lines to problems
     samples: int = 100  # test-case samples per problem (replay: the first N recorded; 0: all)
     test_case_limit: int = 5  # asserts kept from the start of each sample (CodeT's default)
+    prompt_style: str = "completion"  # model backends: completion (CodeT's prompt continued) | chat (instruct models)
     temperature: float = 0.8  # transformers, vllm (CodeT sampled its tests as its programs)
     top_p: float = 0.95
     max_tokens: int = 300

@@ -20,7 +20,10 @@ a literal expected value becomes a test: arguments and expected value are read w
 `ast.literal_eval`, so no model-written code runs here. Everything else is counted, not
 kept: another comparison (`!=`, `<`, `is`, a bare call, `and`), or a value that is not a
 literal (`float('inf')`, a variable, a nested call). An assert message is ignored: it is
-only evaluated when the assert fails, so it cannot change a verdict.
+only evaluated when the assert fails, so it cannot change a verdict. Where CodeT's cut
+leaves statements after the assert (`import numpy as np`, a stray docstring: 22 of the
+7,777 recorded asserts kept), the assert alone is the test; CodeT runs those lines too,
+and fails the test for every candidate when they raise (an import of django).
 
 Record (data/generated_tests.jsonl, one line per problem, in problems order):
     {"problem_id", "inputs": [call, ...], "tests": [{"input", "expected", "count"}, ...],
@@ -87,6 +90,7 @@ class ParsedAssert:
     call: str  # judge._encode_call's JSON text
     expected: Any  # encode_plain's form
     source: str
+    trailing: bool = False  # statements followed the assert (CodeT would run them too)
 
 
 def parse_assert(source: str, entry_point: str) -> ParsedAssert | str:
@@ -99,7 +103,7 @@ def parse_assert(source: str, entry_point: str) -> ParsedAssert | str:
         tree = ast.parse(source)
     except (SyntaxError, ValueError, RecursionError, MemoryError):
         return "comparison"
-    if len(tree.body) != 1 or not isinstance(tree.body[0], ast.Assert):
+    if not tree.body or not isinstance(tree.body[0], ast.Assert):
         return "comparison"
     test = tree.body[0].test
     if not (isinstance(test, ast.Compare) and len(test.ops) == 1 and isinstance(test.ops[0], ast.Eq)):
@@ -122,7 +126,7 @@ def parse_assert(source: str, entry_point: str) -> ParsedAssert | str:
         json.dumps(encoded_expected)  # NaN and inf are fine (allow_nan); nothing else can fail
     except (ValueError, TypeError, SyntaxError, RecursionError, MemoryError, OverflowError):
         return "not_literal"  # ValueError also: an int literal beyond Python's digit limit
-    return ParsedAssert(encoded_call, encoded_expected, source)
+    return ParsedAssert(encoded_call, encoded_expected, source, trailing=len(tree.body) > 1)
 
 
 def _is_entry_call(node: ast.expr, entry_point: str) -> bool:
@@ -135,6 +139,7 @@ class GenerationStats:
     blank_samples: int = 0  # whitespace only
     asserts: int = 0  # CodeT's asserts within the limit
     kept: int = 0  # of those, tests (before deduplication)
+    kept_with_trailing_code: int = 0  # of those, asserts that more statements followed
     dropped_comparison: int = 0
     dropped_not_literal: int = 0
     without_asserts: list[str] = dataclasses.field(default_factory=list)  # problem ids: CodeT finds no assert
@@ -164,6 +169,7 @@ def generated_tests_record(problem: Problem, samples: Iterable[str], limit: int,
                     stats.dropped_not_literal += 1
                 continue
             stats.kept += 1
+            stats.kept_with_trailing_code += parsed.trailing
             i = input_index.setdefault(parsed.call, len(inputs))
             if i == len(inputs):
                 inputs.append(parsed.call)
@@ -258,20 +264,28 @@ def _def_line(reference: str, entry_point: str) -> str:
 
 def sample_tests(problems: list[Problem], backend_name: str, generate_params: Any) -> dict[str, list[str]]:
     """{problem_id: completions of CodeT's test prompt}, sampled with a generation backend
-    (transformers or vllm) under `generate_params` (a GenerateParams)."""
+    (transformers or vllm) under `generate_params` (a GenerateParams). Completion style: the
+    model continues the prompt's `assert `. Chat style (instruct models): the prompt is the
+    user's message as it stands, and the fences of a fenced answer are taken out."""
     from fractal.generation.backend import get_backend
 
-    prompted = [dataclasses.replace(p, prompt=codet_test_prompt(p), text="") for p in problems]
+    chat = generate_params.prompt_style == "chat"
+    # Problem.text non-empty: a chat message is the prompt itself (see prompts.chat_messages).
+    prompted = [dataclasses.replace(p, prompt=codet_test_prompt(p), text="tests" if chat else "") for p in problems]
     out: dict[str, list[str]] = {p.problem_id: [] for p in problems}
     for g in get_backend(backend_name).generate(prompted, generate_params):
-        out[g.problem_id].append(g.completion)
+        out[g.problem_id].append(_FENCE.sub("", g.completion) if chat else g.completion)
     return out
+
+
+_FENCE = re.compile(r"^[ \t]*```[\w-]*[ \t]*$", re.M)
 
 
 def generated_tests(problems: list[Problem], params: Any, generate_params: Any) -> tuple[list[dict], GenerationStats]:
     """The generated-tests records of `problems` under the gentests section `params`
-    (source replay: the recorded file; transformers / vllm: the generate section's model,
-    with gentests' sampling params and no stop sequences: CodeT's parsing cuts each assert)."""
+    (source replay: the recorded file; transformers / vllm, or generate (generate's own
+    backend): the generate section's model, with gentests' sampling params and no stop
+    sequences, CodeT's parsing cuts each assert)."""
     from fractal.params import ParamsError
 
     if params.test_case_limit < 1:
@@ -286,13 +300,22 @@ def generated_tests(problems: list[Problem], params: Any, generate_params: Any) 
                 raise ParamsError(f"params.yaml: `gentests.samples` is {params.samples} but {params.file} has fewer "
                                   f"for {len(short)} problem(s) (first: {short[0]})")
             samples = {pid: s[: params.samples] for pid, s in samples.items()}
-    elif params.source in ("transformers", "vllm"):
+    elif params.source in ("transformers", "vllm", "generate"):
+        backend = generate_params.backend if params.source == "generate" else params.source
+        if backend not in ("transformers", "vllm"):
+            raise ParamsError(f"params.yaml: `gentests.source` is generate but `generate.backend` is {backend!r}; "
+                              "set gentests.source to replay (recorded test cases) or to transformers / vllm")
         if params.samples < 1:
             raise ParamsError(f"params.yaml: `gentests.samples` must be >= 1 for source {params.source}")
-        sampling = dataclasses.replace(generate_params, backend=params.source, n=params.samples, stop=[],
+        if params.prompt_style not in ("completion", "chat"):
+            raise ParamsError(f"params.yaml: `gentests.prompt_style` is {params.prompt_style!r}; "
+                              "choose completion or chat")
+        sampling = dataclasses.replace(generate_params, backend=backend, n=params.samples, stop=[],
                                        temperature=params.temperature, top_p=params.top_p,
-                                       max_tokens=params.max_tokens, seed=params.seed, prompt_style="completion")
-        samples = sample_tests(problems, params.source, sampling)
+                                       max_tokens=params.max_tokens, seed=params.seed,
+                                       prompt_style=params.prompt_style)
+        samples = sample_tests(problems, backend, sampling)
     else:
-        raise ParamsError(f"params.yaml: `gentests.source` is {params.source!r}; choose replay, transformers or vllm")
+        raise ParamsError(f"params.yaml: `gentests.source` is {params.source!r}; "
+                          "choose replay, generate, transformers or vllm")
     return build_generated_tests(problems, samples, params.test_case_limit)
