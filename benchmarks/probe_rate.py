@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import resource
 import sys
 import tempfile
 import time
@@ -38,15 +39,27 @@ def main() -> int:
         if args.workers is not None:
             p = dataclasses.replace(p, workers=args.workers)
         load_before = os.getloadavg()[0]
+        cpu_before = _cpu_seconds()
         start = time.monotonic()
         records = probe_candidates(problems, generations, tests, p, sandbox=params.load("label"))
         elapsed = time.monotonic() - start
+        cpu = _cpu_seconds() - cpu_before
     cores = len(os.sched_getaffinity(0))
     print(f"probe_rate: {len(records)} candidates, {len(distinct)} distinct programs, {calls} calls "
           f"(distinct programs x their problem's inputs) in {elapsed:.1f} s on {p.workers or cores} workers, "
           f"{cores} cores: {len(distinct) / elapsed:.0f} distinct programs/s, {calls / elapsed:.0f} calls/s; "
           f"load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after")
+    # The CPU time of this process and of the workers and candidates (all reaped by the time
+    # the pool has closed) does not grow with the machine's load: on `cores` idle cores the
+    # stage cannot take less than cpu / cores, and takes about that when the work spreads.
+    print(f"probe_rate: {cpu:.0f} CPU seconds (driver, workers and candidates): "
+          f"{cpu / cores:.0f} s of wall clock on {cores} idle cores at best")
     return 0
+
+
+def _cpu_seconds() -> float:
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 if __name__ == "__main__":

@@ -262,43 +262,32 @@ def test_signatures_are_canonical_and_bounded():
 # ------------------------------------------------------------------------------------------
 # SIGKILL mid-stage, then resume: the same bytes as an uninterrupted run
 # ------------------------------------------------------------------------------------------
-RESUME_SCRIPT = """
-import json, sys
-from fractal.execution.probe import probe_candidates
-from fractal.params import LabelParams, ProbeParams
-from fractal.records import Generation, Problem, read_jsonl, write_jsonl
-problems = read_jsonl("problems.jsonl", Problem)
-gens = read_jsonl("generations.jsonl", Generation)
-tests = read_jsonl("generated_tests.jsonl")
-write_jsonl(sys.argv[2], probe_candidates(problems, gens, tests, ProbeParams(workers=2, cache_dir=sys.argv[1]),
-                                          LabelParams()))
-"""
-
-
-def _resume_inputs(d: Path) -> None:
+def _stage_dir(d: Path) -> Path:
+    """A folder the probe stage runs in: params.yaml and its inputs under data/."""
     from fractal.records import write_jsonl
 
     p = problem("t/0", "f")
-    # 240 distinct, deterministic programs; each sleeps 20 ms, so the run takes seconds.
+    # 240 distinct, deterministic programs; each sleeps 20 ms, so the stage takes seconds.
     gens = [Generation("t/0", i, "", f"import time\ntime.sleep(0.02)\ndef f(x):\n    return x * {i % 7} + {i}\n",
                        "x", "x") for i in range(240)]
     asserts = [f"assert f({i}) == {3 * i + 3}" for i in range(10)]
-    write_jsonl(d / "problems.jsonl", [p])
-    write_jsonl(d / "generations.jsonl", gens)
-    write_jsonl(d / "generated_tests.jsonl", [generated_for("t/0", "f", asserts)])
+    write_jsonl(d / "data/problems.jsonl", [p])
+    write_jsonl(d / "data/generations.jsonl", gens)
+    write_jsonl(d / "data/generated_tests.jsonl", [generated_for("t/0", "f", asserts)])
+    (d / "params.yaml").write_text("probe:\n  workers: 2\n")
+    return d
 
 
 def test_sigkill_mid_probe_resumes_to_the_same_outputs(tmp_path):
-    _resume_inputs(tmp_path)
-    (tmp_path / "run.py").write_text(RESUME_SCRIPT)
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-    run = lambda cache, out: subprocess.Popen([sys.executable, "run.py", cache, out], cwd=tmp_path, env=env,
-                                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    whole = run("cache-whole", "whole.jsonl")
+    stage = lambda d: subprocess.Popen([sys.executable, str(REPO / "stages/probe.py")], cwd=d, env=env,
+                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    whole_dir, killed_dir = _stage_dir(tmp_path / "whole"), _stage_dir(tmp_path / "killed")
+    whole = stage(whole_dir)
     assert whole.wait(timeout=300) == 0, whole.stderr.read()[-3000:]
 
-    killed = run("cache", "killed.jsonl")
-    db = tmp_path / "cache" / "probe.sqlite"
+    killed = stage(killed_dir)
+    db = killed_dir / ".fractal/probe-cache/probe.sqlite"
     deadline = time.monotonic() + 120
     rows = 0
     while time.monotonic() < deadline and killed.poll() is None:
@@ -313,14 +302,14 @@ def test_sigkill_mid_probe_resumes_to_the_same_outputs(tmp_path):
     assert killed.poll() is None, "the probe finished before it could be killed; give it more work"
     os.kill(killed.pid, signal.SIGKILL)
     killed.wait()
-    assert 20 <= rows < 240 and not (tmp_path / "killed.jsonl").exists()
+    assert 20 <= rows < 240 and not (killed_dir / "data/probe.jsonl").exists()
 
-    resumed = run("cache", "resumed.jsonl")
+    resumed = stage(killed_dir)
     _, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err[-3000:]
     in_cache = int(err.split(" in the cache")[0].rsplit(", ", 1)[1])
     assert in_cache >= 20
-    assert (tmp_path / "resumed.jsonl").read_bytes() == (tmp_path / "whole.jsonl").read_bytes()
+    assert (killed_dir / "data/probe.jsonl").read_bytes() == (whole_dir / "data/probe.jsonl").read_bytes()
 
 
 # ------------------------------------------------------------------------------------------

@@ -31,7 +31,8 @@ text when it is longer than `probe.signature_chars`, or "!" + what happened inst
 exception's type name, "timeout", "crashed", "memory", "output_limit", "malformed".
 `status` is "ok" when the module loaded, else the whole run's failure ("syntax_error",
 "error", "timeout", "memory", "crashed", "output_limit"), and then every output is "!"
-+ that (an exception at load: "!" + its type name).
++ that (an exception at load: "!" + its type name). A problem without generated inputs
+runs nothing: its candidates get no outputs and status "ok" (or "syntax_error").
 
 Results are cached by content (program, inputs, tests, limits) under `probe.cache_dir`
 (SQLite, committed about every second), so a killed probe resumes where it stopped.
