@@ -9,8 +9,10 @@ problem's real tests. Two sources:
   map to problems through CodeT's prompts (HumanEval_for_test_case_generation.jsonl) by
   their exact text, as CodeT's `map_task_id_for_test_case` does (entry points alone are
   ambiguous: 158 names for 164 problems).
-- transformers / vllm: CodeT's prompt (`codet_test_prompt`) sampled through the
-  generation backends.
+- transformers / vllm (or generate: the generate section's backend): CodeT's prompt
+  (`codet_test_prompt`) sampled from the generate section's model through the generation
+  backends; completion style continues the prompt's `assert `, chat style (instruct
+  models) sends the prompt as the message and takes the fences out of the answer.
 
 Parsing follows CodeT's `PostProcessor.test_case_extract` exactly (split on "assert ",
 keep parts naming the entry point, cut at CodeT's stop tokens, keep what compiles), then
@@ -22,7 +24,7 @@ kept: another comparison (`!=`, `<`, `is`, a bare call, `and`), or a value that 
 literal (`float('inf')`, a variable, a nested call). An assert message is ignored: it is
 only evaluated when the assert fails, so it cannot change a verdict. Where CodeT's cut
 leaves statements after the assert (`import numpy as np`, a stray docstring: 22 of the
-7,777 recorded asserts kept), the assert alone is the test; CodeT runs those lines too,
+7,799 recorded asserts kept), the assert alone is the test; CodeT runs those lines too,
 and fails the test for every candidate when they raise (an import of django).
 
 Record (data/generated_tests.jsonl, one line per problem, in problems order):
@@ -39,7 +41,8 @@ defined), which are dropped, so 15 have no test; CodeT's ranking is the same eit
 
 MBPP: the problem's prompt shows its real test asserts; the test-generation prompt does
 not. It is built from the task text and the reference solution's `def` line (the name
-and parameters only), so no real test reaches a generated test.
+and parameters only), so no real test reaches a generated test (the candidates themselves
+were sampled from the prompt that shows the real asserts).
 """
 from __future__ import annotations
 
