@@ -322,9 +322,11 @@ def add(a, b):
     threading.Thread(target=spin).start()
     return a + b
 """, "passed"),
-    C("huge_stdout", "import sys\ndef add(a, b):\n    while True:\n        sys.stdout.write('x' * 65536)", "output_limit"),
-    C("huge_stderr", "import os\ndef add(a, b):\n    while True:\n        os.write(2, b'y' * 65536)", "output_limit"),
-    C("huge_return_value", "def add(a, b):\n    return 'z' * (200 * 1024 * 1024)", "output_limit"),
+    # Output is read and discarded, never a failure (issue 17): an endless printer meets a time limit.
+    C("huge_stdout", "import sys\ndef add(a, b):\n    while True:\n        sys.stdout.write('x' * 65536)", "timeout"),
+    C("huge_stderr", "import os\ndef add(a, b):\n    while True:\n        os.write(2, b'y' * 65536)", "timeout"),
+    # (Encoding 200 MB takes 1.2 s of CPU: on a loaded machine the wall limit comes first.)
+    C("huge_return_value", "def add(a, b):\n    return 'z' * (200 * 1024 * 1024)", ("output_limit", "timeout")),
     C("fill_disk", """
 def add(a, b):
     with open('big', 'wb') as f:
@@ -354,9 +356,13 @@ def add(a, b):
     return a + b
 """, "passed"),
     # ---------------- host integrity ----------------
-    C("kill_parent", "import os, signal\ndef add(a, b):\n    os.kill(os.getppid(), signal.SIGKILL)\n    return a + b", "passed"),
+    # Killing the zygote (the candidate's parent) costs the candidate its label (issue 17):
+    # the worker is replaced, the candidate run once more, then charged.
+    C("kill_parent", "import os, signal\ndef add(a, b):\n    os.kill(os.getppid(), signal.SIGKILL)\n    return a + b", "crashed",
+      "zygote"),
     C("stop_parent", "import os, signal\ndef add(a, b):\n    os.kill(os.getppid(), signal.SIGSTOP)\n    return a + b", "passed"),
-    C("sigterm_parent", "import os, signal\ndef add(a, b):\n    os.kill(os.getppid(), signal.SIGTERM)\n    return a + b", "passed"),
+    C("sigterm_parent", "import os, signal\ndef add(a, b):\n    os.kill(os.getppid(), signal.SIGTERM)\n    return a + b", "crashed",
+      "zygote"),
     C("clone_parent_sibling", """
 import ctypes, os
 libc = ctypes.CDLL(None, use_errno=True)
@@ -391,7 +397,7 @@ def add(a, b):
     except ProcessLookupError:  # nothing it may signal besides itself
         pass
     return a + b
-""", "passed"),
+""", "crashed", "zygote"),
     C("kill_every_pid", """
 import os, signal
 def add(a, b):
@@ -403,7 +409,7 @@ def add(a, b):
                 except OSError:
                     pass
     return a + b
-""", "passed"),
+""", "crashed", "zygote"),
     C("write_everywhere", """
 import os
 TARGETS = ['PROJECT/pwned', 'PROJECT/labels.jsonl', 'PROJECT/data/problems.jsonl', 'VICTIM/pwned',
@@ -485,6 +491,7 @@ def add(a, b):
     posix.waitpid(pid, 0)
     return a + b
 """, "passed"),
+    # kill(-1) kills the zygote: charged (issue 17)
     C("ctypes_into_libc", """
 import ctypes, os
 libc = ctypes.CDLL(None, use_errno=True)
@@ -496,7 +503,7 @@ def add(a, b):
     libc.setuid(0)
     fd = os.open('PROJECT/labels.jsonl', os.O_RDONLY) if os.path.exists('PROJECT/labels.jsonl') else -1
     return a + b
-""", "passed"),
+""", "crashed", "zygote"),
     C("poison_later_candidates", """
 import os
 for name in ('sitecustomize.py', 'usercustomize.py', 'math.py', 'os.py'):
@@ -577,9 +584,13 @@ def add(a, b):
 # Fixtures: the environment each case runs in, and what it must leave untouched
 # ------------------------------------------------------------------------------------------
 def _bwrap_or_skip() -> None:
+    """Skips only where bwrap is not installed, and never in CI (CI=true): a sandbox that
+    is installed but cannot start is a failure, not a skip."""
+    if shutil.which("bwrap") is None and os.environ.get("CI", "").lower() not in ("true", "1"):
+        pytest.skip("the corpus needs the bwrap sandbox: bwrap is not installed (apt-get install bubblewrap)")
     why = _probe_bwrap(LabelParams(), os.geteuid() == 0)
     if why:
-        pytest.skip(f"the corpus needs the bwrap sandbox: {why}")
+        pytest.fail(f"the corpus needs the bwrap sandbox, which cannot start here: {why}")
 
 
 class Listener:
@@ -654,19 +665,44 @@ def _pid_namespaces() -> dict[int, str]:
     return out
 
 
+def _parent(pid: int) -> int:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return 0
+    return int(stat[stat.rfind(b")") + 2 :].split()[1])
+
+
+def _ours(pid: int) -> bool:
+    """Whether `pid` descends from this test process, or from a sandbox (bwrap) orphaned
+    by it: the machine is shared, and other people's sandboxes are not this test's."""
+    me = os.getpid()
+    while pid > 1:
+        parent = _parent(pid)
+        if parent == me:
+            return True
+        if parent <= 1:
+            try:
+                return Path(f"/proc/{pid}/comm").read_text().strip() == "bwrap"
+            except OSError:
+                return False
+        pid = parent
+    return False
+
+
 def _sandbox_processes(known_namespaces: set[str]) -> list[int]:
-    """Processes in a PID namespace that did not exist before the case, or running under
-    the labeler's sandbox user ids (root)."""
+    """Processes of this test's labeler left in a PID namespace that did not exist before
+    the case, or running under this labeler's sandbox user ids (root: see isolation.py)."""
+    own_uids = range(_UID_BASE + (os.getpid() % 100_000) * 64, _UID_BASE + (os.getpid() % 100_000) * 64 + 64)
     left = []
     for pid, ns in _pid_namespaces().items():
-        if ns not in known_namespaces:
-            left.append(pid)
-            continue
         try:
             uid = os.stat(f"/proc/{pid}").st_uid
         except OSError:
             continue
-        if uid >= _UID_BASE:
+        if pid == os.getpid():
+            continue
+        if uid in own_uids or (ns not in known_namespaces and _ours(pid)):
             left.append(pid)
     return left
 
@@ -741,3 +777,189 @@ def test_corpus_is_complete():
     assert len(CASES) >= 45
     controls = [c for c in CASES if c.name.startswith("control_")]
     assert len(controls) >= 6 and all(c.expected == PASS for c in controls)
+
+
+# ------------------------------------------------------------------------------------------
+# Issue 17: the hard verifier under attack, in ONE batch, as the label stage sees it
+# ------------------------------------------------------------------------------------------
+MUL = Problem("corpus/mul", "corpus", "test", "", "mul", """
+def check(candidate):
+    assert candidate(2, 3) == 6
+    assert candidate(0, 5) == 0
+    assert candidate(-2, 4) == -8
+    assert candidate(7, 7) == 49
+""", "def mul(a, b):\n    return a * b\n", "check")
+
+# A correct candidate, run after every hostile one on the same workers: it passes only if
+# nothing of the hostile one is left (processes, scratch, System V IPC, POSIX queues) and
+# its own limits and priority are the worker's. Its TAG is what a hostile candidate looks
+# for in its own memory (a neighbour's code must not be there).
+FOLLOWER = """
+import ctypes, os, resource
+TAG = "fractal-neighbour-{n:06d}"
+def _clean():
+    others = [p for p in os.listdir('/proc') if p.isdigit() and int(p) not in (1, os.getppid(), os.getpid())]
+    left = os.listdir('.') + os.listdir('/dev/shm')
+    ipc = [t for t in ('shm', 'msg', 'sem') if len(open('/proc/sysvipc/' + t).read().splitlines()) > 1]
+    libc = ctypes.CDLL(None, use_errno=True)
+    mq = libc.mq_open(b'/fractal-mq', os.O_RDONLY) if hasattr(libc, 'mq_open') else -1
+    odd = os.getpriority(os.PRIO_PROCESS, 0) != 0 or resource.getrlimit(resource.RLIMIT_NOFILE) != (256, 256)
+    return not (others or left or ipc or mq >= 0 or odd), (others, left, ipc, mq, odd)
+def {fn}(a, b):
+    ok, why = _clean()
+    return a {op} b if ok else ('dirty', why)
+"""
+
+
+def _follower(problem: Problem, n: int) -> str:
+    return FOLLOWER.format(n=n, fn=problem.entry_point, op="+" if problem is PROBLEM else "*")
+
+
+CHARGED = ("crashed",)  # a candidate that broke its worker: run again on a fresh one, then charged
+
+# (name, problem, program, expected statuses). `ENTRY` is the entry point, `OP` its operator.
+HOSTILE = [
+    # item 1: nothing a candidate does to the warden, the zygote, the pipes or the limits survives it
+    ("prlimit_zygote_nofile", "import os, resource\ndef ENTRY(a, b):\n    resource.prlimit(os.getppid(), resource.RLIMIT_NOFILE, (8, 8))\n    return a OP b", CHARGED),
+    ("prlimit_zygote_as", "import os, resource\ndef ENTRY(a, b):\n    resource.prlimit(os.getppid(), resource.RLIMIT_AS, (50 << 20, 50 << 20))\n    return a OP b", CHARGED),
+    ("prlimit_zygote_nproc", "import os, resource\ndef ENTRY(a, b):\n    resource.prlimit(os.getppid(), resource.RLIMIT_NPROC, (1, 1))\n    return a OP b", CHARGED),
+    ("prlimit_zygote_cpu_soft", "import os, resource\ndef ENTRY(a, b):\n    resource.prlimit(os.getppid(), resource.RLIMIT_CPU, (1, resource.RLIM_INFINITY))\n    return a OP b", CHARGED),
+    ("prlimit_warden_cpu_hard", "import os, resource\ndef ENTRY(a, b):\n    resource.prlimit(1, resource.RLIMIT_CPU, (3000, 3000))\n    return a OP b", CHARGED),
+    ("prlimit_warden_nofile", "import resource\ndef ENTRY(a, b):\n    resource.prlimit(1, resource.RLIMIT_NOFILE, (16, 16))\n    return a OP b", CHARGED),
+    ("nice_zygote", "import os\ndef ENTRY(a, b):\n    os.setpriority(os.PRIO_PROCESS, os.getppid(), 19)\n    return a OP b", CHARGED),
+    ("nice_warden", "import os\ndef ENTRY(a, b):\n    os.setpriority(os.PRIO_PROCESS, 1, 19)\n    return a OP b", CHARGED),
+    ("sched_idle_zygote", "import os\ndef ENTRY(a, b):\n    os.sched_setscheduler(os.getppid(), os.SCHED_IDLE, os.sched_param(0))\n    return a OP b", CHARGED),
+    ("affinity_zygote", "import os\ndef ENTRY(a, b):\n    os.sched_setaffinity(os.getppid(), {min(os.sched_getaffinity(0))})\n    return a OP b",
+     CHARGED + PASS),  # (a no-op on a one-CPU machine)
+    ("pipes_nonblocking", "import fcntl, os\nfor fd in (1, 2, 3):\n    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_NONBLOCK)\ndef ENTRY(a, b):\n    return a OP b",
+     PASS + NOT_PASS),
+    ("pipes_shrunk", "import fcntl\nfor fd in (1, 3):\n    fcntl.fcntl(fd, 1031, 4096)  # F_SETPIPE_SZ\ndef ENTRY(a, b):\n    print('x' * 100000)\n    return a OP b",
+     PASS + NOT_PASS),
+    ("pipes_closed", "import os\nos.close(3)\nos.close(1)\ndef ENTRY(a, b):\n    return a OP b", NOT_PASS),
+    ("stop_zygote", "import os, signal\ndef ENTRY(a, b):\n    os.kill(os.getppid(), signal.SIGSTOP)\n    return a OP b", PASS),
+    ("kill_warden", "import os, signal\ndef ENTRY(a, b):\n    os.kill(1, signal.SIGKILL)\n    return a OP b", PASS),
+    ("kill_minus_one", "import os, signal\ndef ENTRY(a, b):\n    os.kill(-1, signal.SIGKILL)\n    return a OP b", CHARGED),
+    # item 2: no neighbour's code in reach; killing the zygote costs only the killer's label
+    ("neighbour_code_in_memory", """
+import re
+def _find():
+    hits = set()
+    for line in open('/proc/self/maps'):
+        addr, perms = line.split()[:2]
+        lo, hi = (int(x, 16) for x in addr.split('-'))
+        if perms[0] != 'r' or hi - lo > (64 << 20) or '[v' in line:
+            continue
+        try:
+            with open('/proc/self/mem', 'rb') as mem:
+                mem.seek(lo)
+                hits.update(re.findall(rb'fractal-neighbour-[0-9]{6}', mem.read(hi - lo)))
+        except (OSError, ValueError, OverflowError):
+            pass
+    return hits
+FOUND = _find()
+def ENTRY(a, b):
+    return a OP b if FOUND else 'nothing found'
+""", ("failed",)),
+    ("kill_zygote_then_read_memory", """
+import os, re, signal, time
+os.kill(os.getppid(), signal.SIGKILL)
+time.sleep(0.2)
+def ENTRY(a, b):
+    return a OP b
+""", CHARGED),
+] + [(f"kill_zygote_{i}", f"import os, signal\ndef ENTRY(a, b):  # {i}\n    os.kill(os.getppid(), signal.SIGKILL)\n    return a OP b", CHARGED)
+     for i in range(13)] + [  # more than the old ceiling of 20 + 2 per worker restarts
+    ("deep_tree_1100", "import os\ndef ENTRY(a, b):\n    for i in range(1100):\n        os.mkdir('d' * 100)\n        os.chdir('d' * 100)\n    return a OP b", PASS),
+    # item 3: System V IPC and POSIX queues left for the next candidate
+    ("sysv_ipc_left", """
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+def ENTRY(a, b):
+    shm = libc.shmget(0x4652, 1 << 20, 0o1666)  # IPC_CREAT | 0666
+    addr = ctypes.c_void_p(libc.shmat(shm, None, 0))
+    libc.msgget(0x4653, 0o1666)
+    libc.semget(0x4654, 1, 0o1666)
+    return a OP b if shm >= 0 else 'no shm'
+""", PASS),
+    ("posix_mqueue_left", """
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+def ENTRY(a, b):
+    if hasattr(libc, 'mq_open'):
+        libc.mq_open(b'/fractal-mq', os.O_CREAT | os.O_RDWR, 0o666, None)
+    return a OP b
+""", PASS),
+    # item 5: the memory of the whole tree, memfds included
+    ("four_children_1100mb", """
+import os, time
+def ENTRY(a, b):
+    kids = []
+    for _ in range(4):
+        pid = os.fork()
+        if pid == 0:
+            x = b'\\1' * (1100 << 20)
+            time.sleep(4)
+            os._exit(0)
+        kids.append(pid)
+    for pid in kids:
+        os.waitpid(pid, 0)
+    return a OP b
+""", ("memory",)),
+    ("memfd_2300mb_unmapped", """
+import os
+def ENTRY(a, b):
+    fd = os.memfd_create('big')
+    chunk = b'\\1' * (16 << 20)
+    for _ in range(2300 // 16):
+        os.write(fd, chunk)
+    return a OP b
+""", ("memory",)),
+    # item 7: correct code that the limits must not fail
+    ("control_1gb_in_the_tested_function", "def ENTRY(a, b):\n    x = b'\\1' * (1 << 30)\n    return a OP b", PASS),
+    ("control_sleep_half_a_second_per_call", "import time\ndef ENTRY(a, b):\n    time.sleep(0.5)\n    return a OP b", PASS),
+    ("control_20000_debug_lines_per_call", "def ENTRY(a, b):\n    for i in range(20000):\n        print('debug', i, a, b)\n    return a OP b", PASS),
+]
+
+
+def _hostile_batch() -> tuple[list[Generation], list[tuple[str, tuple]]]:
+    """Every hostile case, each followed by a correct candidate, alternating the two
+    problems; (generations, what each must be labelled)."""
+    gens, expected = [], []
+    for i, (name, program, want) in enumerate(HOSTILE):
+        problem = MUL if i % 2 else PROBLEM
+        # The four-call problem is where the per-call controls matter.
+        if name.startswith("control_"):
+            problem = MUL
+        op = "*" if problem is MUL else "+"
+        text = program.strip("\n").replace("ENTRY", problem.entry_point).replace(" OP ", f" {op} ") + "\n"
+        gens.append(Generation(problem.problem_id, len(gens), "", text, "corpus", "corpus"))
+        expected.append((name, want))
+        gens.append(Generation(problem.problem_id, len(gens), "", _follower(problem, i), "corpus", "corpus"))
+        expected.append((f"correct after {name}", PASS))
+    return gens, expected
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_hostile_batch_interleaved_with_correct_candidates(workers, world, monkeypatch):
+    """Issue 17's classes in one batch through label_candidates, with the default limits:
+    forged passes 0, host effects 0, leftover processes 0, labeler crashes 0, correct
+    candidates mislabelled 0."""
+    project, victim = world["project"], world["victim"]
+    monkeypatch.chdir(project)
+    params = LabelParams(workers=workers, cache_dir=str(world["base"] / f"cache-batch-{workers}"))
+    watched = (project, victim)
+    before = _snapshot(*watched)
+    namespaces = set(_pid_namespaces().values())
+    gens, expected = _hostile_batch()
+
+    labels = label_candidates([PROBLEM, MUL], gens, params)  # a labeler crash fails here
+
+    wrong = [(name, label.status, label.detail) for (name, want), label in zip(expected, labels)
+             if label.status not in want]
+    assert wrong == [], f"{len(wrong)} mislabelled: {wrong}"
+    assert _snapshot(*watched) == before, "a candidate changed files outside its scratch"
+    assert [m for m in MARKERS if os.path.exists(m)] == []
+    deadline = time.monotonic() + 5
+    while _sandbox_processes(namespaces) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _sandbox_processes(namespaces) == [], "candidates left processes behind"

@@ -60,16 +60,18 @@ class GenerateParams:
 class LabelParams:
     workers: int = 0  # sandboxed warm workers; 0: one per core
     timeout_factor: float = 10.0  # time limit = min(cap, max(floor, factor x reference runtime))
-    timeout_floor: float = 0.5  # wall seconds; no passing CodeGen-16B HumanEval sample took 0.1 s (0.45 s with an import)
-    timeout_cpu_floor: float = 0.2  # CPU seconds, the floor of a second limit, on the candidate's CPU time:
-    # a busy loop stops at 0.2 s of CPU instead of burning 0.5 s. CPU time does not grow with the load
-    # of the machine; the slowest passing CodeGen-16B HumanEval sample (it imports boto3) uses 0.08 s
-    timeout_calls_cpu_floor: float = 0.1  # CPU seconds, the floor of the limit on the test calls alone
-    # (after the module and its imports loaded); the passing CodeGen-16B HumanEval samples use at most 25 %
-    # of that limit in their calls, so a loop in a call stops after 0.1 s instead of 0.2 s
+    timeout_floor: float = 10.0  # wall seconds. Only a candidate that waits (sleeps, blocks) meets it: a busy one
+    # meets a CPU limit first. Four test calls that each sleep 0.5 s must pass, and so must a call that fills
+    # 1 GB (0.5-1.1 s of CPU, mostly the kernel's) at load 10 on 2 cores, where it took 5 s of wall
+    timeout_cpu_floor: float = 1.0  # user CPU seconds, the floor of a second limit, on the candidate's tree's
+    # user time: a busy loop stops here, however loaded the machine. User time: the kernel's time zeroing memory
+    # a candidate allocates (1.1 s of system time for 1 GB on this VM) is bounded by the memory and wall limits
+    timeout_calls_cpu_floor: float = 0.3  # user CPU seconds, the floor of the limit on the test calls alone
+    # (after the module and its imports loaded): a loop in a call stops after 0.3 s. A call that builds a 1 GB
+    # list uses 0.19 s of user time here (and 0.44 s of system time, not counted)
     timeout_cap: float = 10.0  # seconds, both limits
     memory_mb: int = 2048  # address space a candidate may add on top of what the worker maps
-    max_output_bytes: int = 1_000_000  # stdout + stderr; more is status output_limit
+    max_output_bytes: int = 1_000_000  # stdout + stderr that is kept; more is read and discarded, never a failure
     max_result_bytes: int = 8_000_000  # the returned values, encoded; more is status output_limit
     max_processes: int = 64  # processes and threads of one candidate (RLIMIT_NPROC)
     scratch_mb: int = 64  # size of each of the candidate's private /tmp and /dev/shm

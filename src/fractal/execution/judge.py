@@ -363,6 +363,8 @@ def end_status(header: dict, limit: float) -> tuple[str, str]:
             where = " in the test calls" if header.get("in_calls") else ""
             return "timeout", f"CPU limit {header['cpu_limit']:g}s{where}"
         return "timeout", f"limit {limit:g}s"
+    if end == "memory":  # the process tree's memory (worker.py, Warden.usage)
+        return "memory", header.get("detail", "memory limit")
     if end == "output_limit":
         return "output_limit", f"{header.get('output_bytes', 0)} bytes of output"
     if end == "signal":

@@ -5,8 +5,15 @@ core, and a heavy group for candidates that import numpy or torch); a task names
 group and only that group's workers run it. All groups start at once and a worker takes
 tasks as soon as it is ready, so the heavy workers' slow imports overlap the light work.
 Each worker gets up to two tasks at a time, so it starts the next candidate while the
-labeler judges the last. A worker that dies or stops answering is replaced; the task it
-was running gets the end `worker`, the ones queued behind it are sent again.
+labeler judges the last.
+
+A worker that dies, stops answering, or finds itself tampered with (worker.py: it then
+answers its task with {"end": "worker", "replace": 1} and exits) is replaced, as often as
+that happens: there is no ceiling a few hostile candidates could reach to stop the stage.
+The tasks queued behind the one it was running are sent again; that one is run once more,
+on whichever worker takes it next, and charged (the end `worker`) only if it breaks a
+worker again. So a candidate that breaks workers costs its own label and two restarts,
+and no other candidate is charged for a worker it did not break.
 """
 from __future__ import annotations
 
@@ -175,6 +182,7 @@ class WorkerPool:
             self.close()
             raise
         self.restarts = 0
+        self.retried: set = set()  # ids of tasks already run again after breaking a worker
 
     def __enter__(self) -> "WorkerPool":
         return self
@@ -231,10 +239,14 @@ class WorkerPool:
                             if w.inflight and w.inflight[0]["id"] == header["id"]:
                                 yield w.inflight[0], header, payload
                             continue
-                        task = w.inflight.popleft()
+                        task = w.inflight[0]
                         if header["id"] != task["id"]:
                             raise RuntimeError(f"sandboxed worker {w.index} answered task {header['id']} "
                                                f"while {task['id']} was due; see {w.log_path}")
+                        if header.get("replace"):
+                            yield from self._replace(w, sel, pending, header.get("detail", "worker broken"))
+                            break
+                        w.inflight.popleft()
                         w.head_since = time.monotonic()
                         yield task, header, payload
                 now = time.monotonic()
@@ -266,12 +278,15 @@ class WorkerPool:
         w.kill()
         inflight = list(w.inflight)
         self.restarts += 1
-        if self.restarts > 20 + 2 * len(self.workers):
-            raise RuntimeError(f"sandboxed workers keep dying ({why}); see the logs in {self.log_dir}")
         fresh = _Worker(w.index, w.group, self.params, self.log_dir, w.preload)
         self.workers[self.workers.index(w)] = fresh
         sel.register(fresh.fd, selectors.EVENT_READ, fresh)
         if inflight:
             # The head task was running when the worker went; the rest never started.
             pending[w.group].extendleft(reversed(inflight[1:]))
-            yield inflight[0], {"end": "worker", "code": 0, "duration": 0.0, "detail": why}, b""
+            head = inflight[0]
+            if head["id"] not in self.retried:
+                self.retried.add(head["id"])
+                pending[w.group].appendleft(head)
+            else:
+                yield head, {"end": "worker", "code": 0, "duration": 0.0, "detail": why}, b""

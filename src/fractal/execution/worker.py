@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import base64
 import builtins
+import fcntl
 import gc
 import json
 import json.encoder
@@ -46,6 +47,7 @@ import os
 import resource
 import select
 import signal
+import socket
 import struct
 import sys
 import time
@@ -58,6 +60,7 @@ _PROGRESS_AFTER = 0.05  # seconds a candidate runs before its partial results ar
 _PROGRESS_EVERY = 0.05
 _MUTE = 0.001  # seconds the warden leaves the result and output pipes after reading them
 _ZYGOTE_TIMEOUT = 10.0  # seconds for the zygote to fork or reap before it counts as stuck
+_SWEEP_TIMEOUT = 10.0  # seconds for killed processes to be gone before the worker counts as stuck
 _STATUS = struct.Struct(">i")
 
 
@@ -197,33 +200,111 @@ def _vm_bytes() -> int:
         os.close(fd)
 
 
-def _set_limits(limits: dict) -> None:
-    # Relative to what this process maps, the zygote's mapping (a worker that preloaded
-    # torch must not fail every candidate with MemoryError).
+# Every resource limit Linux has, by name: the worker records them all when it starts,
+# each candidate gets them afresh from that record, and the warden checks after each
+# candidate that neither it nor the zygote has had one changed.
+_RLIMITS = {name: getattr(resource, name) for name in (
+    "RLIMIT_CPU", "RLIMIT_FSIZE", "RLIMIT_DATA", "RLIMIT_STACK", "RLIMIT_CORE", "RLIMIT_RSS", "RLIMIT_NPROC",
+    "RLIMIT_NOFILE", "RLIMIT_MEMLOCK", "RLIMIT_AS", "RLIMIT_LOCKS", "RLIMIT_SIGPENDING", "RLIMIT_MSGQUEUE",
+    "RLIMIT_NICE", "RLIMIT_RTPRIO", "RLIMIT_RTTIME") if hasattr(resource, name)}
+
+
+class Record:
+    """What the worker's processes were like when it started: resource limits, nice
+    value, CPU affinity and scheduling policy. A candidate shares the worker's uid, so it
+    may change these on the warden or the zygote (prlimit, setpriority,
+    sched_setaffinity); it cannot hide that it did (see Warden.tampered)."""
+
+    def __init__(self) -> None:
+        self.limits = {r: resource.getrlimit(r) for r in _RLIMITS.values()}
+        self.nice = os.getpriority(os.PRIO_PROCESS, 0)
+        self.affinity = os.sched_getaffinity(0)
+        self.policy = os.sched_getscheduler(0)
+
+    def differs(self, pid: int) -> str:
+        """'' if process `pid` (0: this one) is as recorded, else what changed."""
+        for name, r in _RLIMITS.items():
+            if resource.prlimit(pid, r) != self.limits[r]:
+                return f"its {name} was changed"
+        if os.getpriority(os.PRIO_PROCESS, pid) != self.nice:
+            return "its nice value was changed"
+        if os.sched_getaffinity(pid) != self.affinity:
+            return "its CPU affinity was changed"
+        if os.sched_getscheduler(pid) != self.policy:
+            return "its scheduling policy was changed"
+        return ""
+
+
+def _fresh_limits(zygote: "Zygote") -> str:
+    """Sets this (child) process's limits from the worker's record, not from what it
+    inherited from the zygote; '' or what could not be set (the zygote was tampered with:
+    a hard limit lowered, nice raised)."""
+    limits, record = zygote.limits, zygote.record
+    # Address space relative to what this process maps, the zygote's mapping (a worker
+    # that preloaded torch must not fail every candidate with MemoryError).
     mem = _vm_bytes() + limits["memory_bytes"]
-    resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
-    resource.setrlimit(resource.RLIMIT_NPROC, (limits["max_processes"], limits["max_processes"]))
-    resource.setrlimit(resource.RLIMIT_FSIZE, (limits["max_file_bytes"], limits["max_file_bytes"]))
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
+    wanted = dict(record.limits)
+    wanted[resource.RLIMIT_AS] = (mem, mem)
+    wanted[resource.RLIMIT_NPROC] = (limits["max_processes"],) * 2
+    wanted[resource.RLIMIT_FSIZE] = (zygote.file_bytes,) * 2
+    wanted[resource.RLIMIT_CORE] = (0, 0)
+    wanted[resource.RLIMIT_NOFILE] = (256, 256)
+    if hasattr(resource, "RLIMIT_MSGQUEUE"):
+        # No POSIX message queue can be made (they would outlive the candidate, in the
+        # worker's IPC namespace, where nothing lists them without a mount).
+        wanted[resource.RLIMIT_MSGQUEUE] = (0, 0)
+    for name, r in _RLIMITS.items():
+        try:
+            resource.setrlimit(r, wanted[r])
+        except (ValueError, OSError):
+            return f"the zygote's {name} was lowered"
+    try:
+        if os.getpriority(os.PRIO_PROCESS, 0) != record.nice:
+            os.setpriority(os.PRIO_PROCESS, 0, record.nice)
+        if os.sched_getscheduler(0) != record.policy:
+            os.sched_setscheduler(0, record.policy, os.sched_param(0))
+        if os.sched_getaffinity(0) != record.affinity:
+            os.sched_setaffinity(0, record.affinity)
+    except OSError:
+        return "the zygote's priority or scheduling was changed"
+    return ""
 
 
-def _child(body: bytes, zygote: "Zygote") -> None:
+_TASK_FD = 4  # in the child: the read end of the pipe its code comes down
+
+
+def _child(problem_id: str, task_r: int, res_w: int, out_w: int, zygote: "Zygote") -> None:
     # Until the candidate's code starts, this is the worker's own (trusted) code.
     os.setsid()
+    # The pipes are this candidate's own (the zygote made them for this fork): nothing an
+    # earlier candidate did to its pipes (O_NONBLOCK, F_SETPIPE_SZ, closing) is here.
+    high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 10) for fd in (out_w, res_w, task_r)]
     os.dup2(zygote.devnull, 0)
-    os.dup2(zygote.out_w, 1)
-    os.dup2(zygote.out_w, 2)
-    if zygote.res_w != _RESULT_FD:
-        os.dup2(zygote.res_w, _RESULT_FD)
-    os.closerange(_RESULT_FD + 1, 65536)  # the zygote's and the warden's pipes among them
+    os.dup2(high[0], 1)
+    os.dup2(high[0], 2)
+    os.dup2(high[1], _RESULT_FD)
+    os.dup2(high[2], _TASK_FD)
+    os.closerange(_TASK_FD + 1, 65536)  # the zygote's and the warden's fds among them
     os.chdir(zygote.scratch)
     _set_dumpable(True)  # so that /proc/self stays readable to the candidate
-    _set_limits(zygote.limits)
+    broken = _fresh_limits(zygote)
+    # The code comes from the warden straight to this process: the zygote, which every
+    # later candidate is a copy of, never holds it.
+    chunks = []
+    while True:
+        b = os.read(_TASK_FD, 1 << 16)
+        if not b:
+            break
+        chunks.append(b)
+    os.close(_TASK_FD)
+    if broken:
+        _frame({"tampered": broken})
+        return
     gc.enable()
     # sys.stdin/stdout/stderr already wrap fds 0, 1 and 2, now /dev/null and the output pipe.
 
-    problem_id, entry_point, code_bytes, source = marshal.loads(body)
+    entry_point, code_bytes, source = marshal.loads(b"".join(chunks))
+    del chunks
     # Decoded in the zygote before this process existed, so nothing the candidate patches
     # touches the inputs; each call has objects of its own, so a call that mutates its
     # arguments changes no other.
@@ -277,13 +358,19 @@ def _child(body: bytes, zygote: "Zygote") -> None:
 _libc = None
 
 
-def _prctl(option: int, arg: int) -> None:
+def _libc_call(name: str, *args: int) -> int:
     global _libc
     import ctypes
 
     if _libc is None:
         _libc = ctypes.CDLL(None, use_errno=True)
-    if _libc.prctl(option, arg, 0, 0, 0) != 0:
+    return getattr(_libc, name)(*args)
+
+
+def _prctl(option: int, arg: int) -> None:
+    if _libc_call("prctl", option, arg, 0, 0, 0) != 0:
+        import ctypes
+
         raise OSError(ctypes.get_errno(), f"prctl({option}) failed")
 
 
@@ -293,18 +380,21 @@ def _set_dumpable(on: bool) -> None:
 
 class Zygote:
     """Forks one child per candidate and reaps it; messages from the warden on `ctl`:
-    b"C" problem id, newline, test inputs (JSON) - decode and keep them; b"T" task -
-    fork a child for it and answer its pid; b"R" - reap that child (the warden has killed
-    it) and answer its wait status. Answers are 4-byte signed integers on `answers`."""
+    b"C" problem id, newline, test inputs (JSON) - decode and keep them; b"T" problem id -
+    make the candidate's three pipes, fork a child, and answer its pid with the warden's
+    ends of the pipes (its code, its results, its output); b"R" - reap that child (the
+    warden has killed it) and any other child that has ended, and answer its wait status.
+    Answers are 4-byte signed integers on the `answers` socket."""
 
-    def __init__(self, ctl: int, answers: int, res_w: int, out_w: int, devnull: int, scratch: str, limits: dict):
+    def __init__(self, ctl: int, answers: int, devnull: int, scratch: str, limits: dict, record: Record,
+                 file_bytes: int):
         self.ctl = ctl
         self.answers = answers
-        self.res_w = res_w
-        self.out_w = out_w
         self.devnull = devnull
         self.scratch = scratch
         self.limits = limits
+        self.record = record
+        self.file_bytes = file_bytes
         self.calls: dict[str, list] = {}
         self.builtins = types.ModuleType("builtins")
         self.builtins.__dict__.update(builtins.__dict__)
@@ -315,7 +405,7 @@ class Zygote:
         sys.setrecursionlimit(limits["recursion_limit"])
         # The candidate's signal dispositions, set once here rather than in every child
         # (a first signal.signal() in a child writes ~100 pages): a candidate may kill
-        # the zygote with them, which costs a new zygote, nothing more.
+        # the zygote with them, which costs it its label (the worker is replaced).
         for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2, signal.SIGALRM):
             signal.signal(s, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -349,15 +439,23 @@ class Zygote:
             if body is None:
                 return
             if kind == b"T":
+                task_r, task_w = os.pipe()
+                res_r, res_w = os.pipe()
+                out_r, out_w = os.pipe()
                 child = self.fork()
                 if child == 0:
                     try:
-                        _child(body, self)
+                        _child(body.decode(), task_r, res_w, out_w, self)
                     finally:
                         os._exit(0)
-                os.write(self.answers, _STATUS.pack(child))  # negative: fork failed
+                for fd in (task_r, res_w, out_w):
+                    os.close(fd)
+                theirs = [task_w, res_r, out_r] if child > 0 else []
+                socket.send_fds(self.answers, [_STATUS.pack(child)], theirs)  # negative: fork failed
+                for fd in (task_w, res_r, out_r):
+                    os.close(fd)
             elif kind == b"R":
-                os.write(self.answers, _STATUS.pack(self._reap(child)))
+                socket.send_fds(self.answers, [_STATUS.pack(self._reap(child))], [])
             elif kind == b"C":
                 from fractal_plain_decode import decode_plain  # type: ignore  # installed by main()
 
@@ -413,23 +511,34 @@ def _children_of(parents: set[int]) -> list[int]:
     return out
 
 
+_PAGE = resource.getpagesize()
+_TICK = os.sysconf("SC_CLK_TCK")
+_CHECK_EVERY = 0.02  # seconds between two measurements of a running candidate's tree
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _kib(status: bytes, field: bytes) -> int:
+    i = status.find(field)
+    return int(status[i + len(field) :].split(None, 1)[0]) * 1024 if i >= 0 else 0
+
+
 class Warden:
     def __init__(self, as_init: bool, scratch: str, limits: dict, from_labeler: int, to_labeler: int):
         self.as_init = as_init
         self.me = os.getpid()
         self.scratch = scratch
         self.limits = limits
+        # In the sandbox every file a candidate can write is on a size-limited tmpfs, so
+        # RLIMIT_FSIZE needs only stop a memfd, whose memory the tree's accounting counts.
+        self.file_bytes = max(limits["max_file_bytes"], 2 * limits["memory_bytes"]) if as_init else limits["max_file_bytes"]
+        self.record = Record()
         self.from_labeler = from_labeler
         self.to_labeler = to_labeler
         self.devnull = os.open(os.devnull, os.O_RDWR)
-        # The candidates' result and output pipes, for the whole life of the worker: a
-        # zygote (and so each child) inherits the write ends. Between two candidates
-        # every process but the warden and the zygote is dead, and neither writes, so
-        # what is drained then cannot mix into the next candidate's results.
-        self.res_r, self.res_w = os.pipe()
-        self.out_r, self.out_w = os.pipe()
-        os.set_blocking(self.res_r, False)
-        os.set_blocking(self.out_r, False)
         self.statuses: dict[int, int] = {}
         self.inbox = bytearray()
         self.tasks: list[tuple[dict, bytes]] = []
@@ -439,6 +548,7 @@ class Warden:
         self.zygote = 0  # its pid; 0: none running
         self.zygote_knows: set[str] = set()
         self.ctl = self.answers = -1
+        self.broken = ""  # why this worker must be replaced ('' while it is sound)
 
     # -- the labeler --------------------------------------------------------------------
     def pump(self) -> None:
@@ -467,19 +577,24 @@ class Warden:
 
     # -- the zygote ---------------------------------------------------------------------
     def start_zygote(self) -> None:
+        """Forks the zygote, once, before the first task: it is a copy of a warden that
+        has received no candidate's code. It is never restarted: a worker whose zygote
+        is gone is replaced whole (a restarted one would be a copy of a warden that holds
+        the code of the tasks it has received)."""
         ctl_r, ctl_w = os.pipe()
-        ans_r, ans_w = os.pipe()
+        ans_theirs, ans_mine = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         pid = os.fork()
         if pid == 0:
             try:
-                for fd in (self.from_labeler, self.to_labeler, self.res_r, self.out_r, ctl_w, ans_r):
+                ans_mine.close()
+                for fd in (self.from_labeler, self.to_labeler, ctl_w):
                     os.close(fd)
-                Zygote(ctl_r, ans_w, self.res_w, self.out_w, self.devnull, self.scratch, self.limits).serve()
+                Zygote(ctl_r, ans_theirs, self.devnull, self.scratch, self.limits, self.record, self.file_bytes).serve()
             finally:
                 os._exit(0)
         os.close(ctl_r)
-        os.close(ans_w)
-        self.zygote, self.ctl, self.answers = pid, ctl_w, ans_r
+        ans_theirs.close()
+        self.zygote, self.ctl, self.answers = pid, ctl_w, ans_mine
         self.zygote_knows = set()
 
     def close(self) -> None:
@@ -492,8 +607,7 @@ class Warden:
             self._forget_zygote()
 
     def stop_zygote(self) -> None:
-        """Kills the zygote (stuck, or made unusable by a candidate); a new one starts
-        when the next task comes. Its children, if any, come to the warden."""
+        """Kills the zygote; its children, if any, come to the warden."""
         if self.zygote:
             try:
                 os.kill(self.zygote, signal.SIGKILL)
@@ -503,42 +617,56 @@ class Warden:
         self._forget_zygote()
 
     def _forget_zygote(self) -> None:
-        if self.answers >= 0:
-            for fd in (self.ctl, self.answers):
-                try:
-                    os.close(fd)
-                except OSError:  # closed by close()
-                    pass
-        self.zygote, self.ctl, self.answers = 0, -1, -1
+        if self.ctl >= 0:
+            try:
+                os.close(self.ctl)
+            except OSError:  # closed by close()
+                pass
+            self.answers.close()
+        self.zygote, self.ctl = 0, -1
 
     def _tell(self, kind: bytes, body: bytes) -> None:
         _write_all(self.ctl, kind + _HEADER.pack(len(body)) + body)
 
-    def _answer(self) -> int | None:
-        """The zygote's next answer; None if it died or did not answer in time."""
+    def _answer(self) -> tuple[int, list[int]] | None:
+        """The zygote's next answer and the fds that came with it; None if it died or did
+        not answer in time."""
         if not select.select([self.answers], [], [], _ZYGOTE_TIMEOUT)[0]:
             return None
-        data = _read_exact(self.answers, _STATUS.size)
-        return None if data is None else _STATUS.unpack(data)[0]
+        data, fds, _, _ = socket.recv_fds(self.answers, _STATUS.size, 3)
+        while data and len(data) < _STATUS.size:
+            more = self.answers.recv(_STATUS.size - len(data))
+            if not more:
+                break
+            data += more
+        if len(data) < _STATUS.size:
+            for fd in fds:
+                os.close(fd)
+            return None
+        return _STATUS.unpack(data)[0], fds
 
-    def _spawn(self, problem_id: str, body: bytes) -> int | None:
-        """Has the zygote fork a child for `body`; its pid, or None if that failed twice."""
-        for _ in range(2):
-            if not self.zygote:
-                self.start_zygote()
-            try:
-                if problem_id not in self.zygote_knows:
-                    self._tell(b"C", problem_id.encode() + b"\n" + self.calls[problem_id].encode())
-                    self.zygote_knows.add(problem_id)
-                self._tell(b"T", body)
-                pid = self._answer()
-            except OSError:  # BrokenPipeError: the zygote is gone
-                pid = None
-            if pid is not None and pid > 0:
-                return pid
-            # The zygote died, hung or could not fork: whatever it started must not run on.
-            self.stop_zygote()
-            self._sweep()
+    def _spawn(self, problem_id: str) -> tuple[int, list[int]] | None:
+        """Has the zygote fork a child; its pid and the warden's ends of its pipes, or
+        None (the worker is then broken)."""
+        if not self.zygote:
+            self.broken = self.broken or "the zygote is gone"
+            return None
+        try:
+            if problem_id not in self.zygote_knows:
+                self._tell(b"C", problem_id.encode() + b"\n" + self.calls[problem_id].encode())
+                self.zygote_knows.add(problem_id)
+            self._tell(b"T", problem_id.encode())
+            got = self._answer()
+        except OSError:  # BrokenPipeError: the zygote is gone
+            got = None
+        if got is not None and got[0] > 0 and len(got[1]) == 3:
+            return got
+        if got is not None:
+            for fd in got[1]:
+                os.close(fd)
+        self.broken = "the zygote died, hung or could not fork"
+        self.stop_zygote()
+        self._sweep()
         return None
 
     # -- one candidate ------------------------------------------------------------------
@@ -546,14 +674,26 @@ class Warden:
         problem_id = task["problem_id"]
         if "calls" in task:
             self.calls[problem_id] = task["calls"]
-        body = marshal.dumps((problem_id, task["entry_point"], code, "" if code else task["program"]))
+        body = marshal.dumps((task["entry_point"], code, "" if code else task["program"]))
         self.statuses.clear()
         start = time.monotonic()
-        pid = self._spawn(problem_id, body)
-        if pid is None:
-            return {"end": "worker", "code": 0, "duration": 0.0, "detail": "could not fork a candidate"}, b""
-        header, payload = self._watch(task, pid, start)
-        status = self.kill_all(pid, exited=header["end"] == "exit")
+        spawned = self._spawn(problem_id)
+        if spawned is None:
+            return {"end": "worker", "code": 0, "duration": 0.0, "detail": self.broken}, b""
+        pid, (task_w, res_r, out_r) = spawned
+        try:
+            try:
+                _write_all(task_w, body)
+            except OSError:
+                pass  # the child died before reading it: its end says why
+            os.close(task_w)
+            os.set_blocking(res_r, False)
+            os.set_blocking(out_r, False)
+            header, payload = self._watch(task, pid, start, res_r, out_r)
+            status = self.kill_all(pid, exited=header["end"] == "exit")
+        finally:
+            os.close(res_r)
+            os.close(out_r)
         if header["end"] == "exit" and status is not None:
             if os.WIFSIGNALED(status):
                 header["end"] = "signal"
@@ -561,7 +701,29 @@ class Warden:
             else:
                 header["code"] = os.WEXITSTATUS(status)
         self.wipe_scratch()
+        if not self.broken:
+            self.broken = self.tampered()
+        if not self.broken and payload[4:].startswith(b'{"tampered"'):
+            # The child found the zygote's limits changed before the candidate began (or
+            # the candidate wrote this itself: then it is charged as for tampering).
+            self.broken = "a candidate tampered with the worker: the zygote's limits were changed"
+        if self.broken:
+            return {"end": "worker", "code": 0, "duration": header["duration"], "detail": self.broken}, b""
         return header, payload
+
+    def tampered(self) -> str:
+        """'' if the warden and the zygote are as the worker started (limits, priority,
+        scheduling), else what a candidate changed."""
+        for pid, who in ((0, "warden"), (self.zygote, "zygote")):
+            if who == "zygote" and not pid:
+                return "the zygote is gone"
+            try:
+                why = self.record.differs(pid)
+            except OSError as e:
+                why = f"it cannot be inspected ({e.strerror})"
+            if why:
+                return f"a candidate tampered with the worker: the {who}: {why}"
+        return ""
 
     def _others(self) -> list[int]:
         """Every process but the warden and the zygote: what a candidate left."""
@@ -581,51 +743,64 @@ class Warden:
             except ProcessLookupError:
                 pass
         status = None
+        self._reap()  # (notices a zygote the candidate killed)
         if self.zygote:
             try:
                 os.kill(self.zygote, signal.SIGCONT)  # a candidate may have stopped it
                 self._tell(b"R", b"")
-                status = self._answer()
+                got = self._answer()
+                status = got[0] if got else None
             except OSError:
                 status = None
             if status is None or status == -1:
                 status = None
+                if self.zygote:
+                    self.broken = self.broken or "the zygote did not reap a candidate"
                 self.stop_zygote()
-        if exited and others == [child] and status is not None:
-            # The child had exited and nothing else was there, so nothing can have been
-            # made since: the zygote has reaped it; only the pipes need emptying.
-            for fd in (self.res_r, self.out_r):
-                _drain(fd)
-        else:
+        if not (exited and others == [child] and status is not None):
+            # (Otherwise the child had exited and nothing else was there, so nothing can
+            # have been made since: the zygote has reaped it.)
             self._sweep()
         return status if status is not None else self.statuses.get(child)
 
     def _sweep(self) -> None:
-        """Kills and reaps until no process but the warden and the zygote is left, then
-        empties the result and output pipes of what the dead wrote."""
-        for i in range(1000):
+        """Kills and reaps until no process but the warden and the zygote is left."""
+        start = time.monotonic()
+        asked = False
+        while True:
             self._reap()
             others = self._others()
             if not others:
-                break
-            if i == 100:
-                # Still there after 0.1 s: a zombie only the zygote could reap (a sibling
-                # a candidate made with CLONE_PARENT) or a stuck zygote. A new one, then.
+                return
+            waited = time.monotonic() - start
+            if waited > 0.02 and not asked and self.zygote:
+                # Zombies only the zygote can reap: siblings a candidate made with
+                # CLONE_PARENT, killed meanwhile. (It waits for all its children to end.)
+                asked = True
+                try:
+                    self._tell(b"R", b"")
+                    self._answer()
+                except OSError:
+                    pass
+            if waited > _SWEEP_TIMEOUT:
+                # Killed processes not gone in that time (a process freeing gigabytes on a
+                # loaded machine takes a second): a stuck zygote. The worker is replaced.
+                self.broken = self.broken or "a candidate's processes could not be killed and reaped"
                 self.stop_zygote()
+                if waited > 2 * _SWEEP_TIMEOUT:
+                    return
             for pid in others:
                 try:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
-            time.sleep(0.001)
-        self._reap()
-        for fd in (self.res_r, self.out_r):
-            _drain(fd)
+            time.sleep(0.001 if waited < 0.05 else 0.01)
 
     def _reap(self) -> None:
         for pid, status in _reaped():
             self.statuses[pid] = status
             if pid == self.zygote:  # a candidate killed it
+                self.broken = self.broken or "a candidate killed the zygote"
                 self._forget_zygote()
 
     def wipe_scratch(self) -> None:
@@ -636,31 +811,84 @@ class Warden:
                 except OSError:
                     pass
                 _wipe(root)
+        if self.as_init:
+            # System V IPC: the sandbox's namespace is the worker's, so what one candidate
+            # made (it has the worker's uid, so the warden may remove it) the next would see.
+            left = _remove_sysv_ipc()
+            if left:
+                self.broken = self.broken or f"a candidate's System V IPC objects could not be removed ({left})"
 
-    def _watch(self, task: dict, pid: int, start: float) -> tuple[dict, bytes]:
+    def usage(self, pids: list[int]) -> tuple[int, float]:
+        """(bytes, user CPU seconds) of the candidate's process tree `pids`: anonymous and
+        shared memory resident in each process beyond what it shares with the zygote,
+        memfds they hold (mapped or not), System V segments, and the tmpfs scratch and
+        /dev/shm; the user time of all of them."""
+        base = 0
+        if self.zygote:
+            try:
+                base = _kib(_read(f"/proc/{self.zygote}/status"), b"RssAnon:")
+            except OSError:
+                pass
+        total, ticks, memfds = 0, 0, {}
+        for pid in pids:
+            try:
+                stat = _read(f"/proc/{pid}/stat")
+                status = _read(f"/proc/{pid}/status")
+                fds = os.listdir(f"/proc/{pid}/fd")
+            except OSError:
+                continue
+            ticks += int(stat[stat.rfind(b")") + 2 :].split()[11])  # utime
+            total += max(0, _kib(status, b"RssAnon:") - base) + _kib(status, b"RssShmem:")
+            for fd in fds:
+                try:
+                    if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("/memfd:"):
+                        st = os.stat(f"/proc/{pid}/fd/{fd}")
+                        memfds[st.st_ino] = st.st_blocks * 512
+                except OSError:
+                    pass
+        total += sum(memfds.values())
+        if self.as_init:
+            try:
+                for line in _read("/proc/sysvipc/shm").splitlines()[1:]:
+                    total += int(line.split()[14])  # rss
+            except (OSError, IndexError, ValueError):
+                pass
+            for root in (self.scratch, "/dev/shm"):
+                try:
+                    st = os.statvfs(root)
+                    total += (st.f_blocks - st.f_bfree) * st.f_frsize
+                except OSError:
+                    pass
+        return total, ticks / _TICK
+
+    def _watch(self, task: dict, pid: int, start: float, res_r: int, out_r: int) -> tuple[dict, bytes]:
         deadline = start + task["time_limit"]
         # The CPU-time limit: a busy candidate is stopped once it has used `cpu_limit` of
-        # CPU, however loaded the machine (on a loaded one, the wall limit would stop it
-        # having computed less). Checked when the child could first have used that much,
-        # then again as often as what is left demands: most candidates end before a check.
+        # user CPU time, however loaded the machine (on a loaded one, the wall limit would
+        # stop it having computed less). User time: the kernel's time zeroing the memory
+        # a candidate allocates (a second for 1 GB on a VM) is bounded by the memory and
+        # wall limits, and must not make a legitimate allocation a timeout. Measured over
+        # the whole tree every _CHECK_EVERY, with the tree's memory.
         cpu_limit = task.get("cpu_limit", task["time_limit"])
-        cpu_clock = (~pid << 3) | 2  # Linux: the CPU clock of process `pid` (MAKE_PROCESS_CPUCLOCK)
-        cpu_check = start + cpu_limit
         cpu_timeout = False
+        memory_limit = self.limits["memory_bytes"]
+        next_check = start + _CHECK_EVERY
         # Once the child's first frame arrives (its module has loaded: imports done), the
         # test calls get `calls_cpu_limit` more at most. Frames the candidate forges early
         # only shorten its own time.
         calls_cpu_limit = task.get("calls_cpu_limit")
         in_calls = False
+        used = 0.0
         # The child stays the zygote's (a zombie at worst) until the warden has the zygote
         # reap it, so its pid cannot be reused meanwhile.
         pidfd = os.pidfd_open(pid)
         poller = select.poll()
-        for fd in (self.res_r, self.out_r, pidfd, self.from_labeler):
+        for fd in (res_r, out_r, pidfd, self.from_labeler):
             poller.register(fd, select.POLLIN)
         result = bytearray()
         out_bytes = 0
         end = None
+        detail = ""
         reported = 0  # bytes of results already shown to the labeler
         next_report = start + _PROGRESS_AFTER
         # After reading the pipes, leave them for a millisecond: a child writes a frame
@@ -671,27 +899,36 @@ class Warden:
             while end is None:
                 now = time.monotonic()
                 if muted_until and now >= muted_until:
-                    poller.register(self.res_r, select.POLLIN)
-                    poller.register(self.out_r, select.POLLIN)
+                    poller.register(res_r, select.POLLIN)
+                    poller.register(out_r, select.POLLIN)
                     muted_until = 0.0
                 left = deadline - now
                 if left <= 0:
                     end = "timeout"
                     break
-                if now >= cpu_check:
-                    used = _cpu_seconds(cpu_clock)
+                if now >= next_check:
+                    memory, used = self.usage(self._others())
                     if used >= cpu_limit:
                         end, cpu_timeout = "timeout", True
                         break
-                    cpu_check = now + max(0.001, cpu_limit - used)
-                if now >= next_report and len(result) > reported:
+                    if memory > memory_limit:
+                        end, detail = "memory", f"the candidate's processes held {memory >> 20} MB"
+                        break
+                    next_check = time.monotonic() + _CHECK_EVERY
+                due = bool(result) and len(result) >= 2 * reported
+                if due and now >= next_report:
                     # A slow candidate: let the labeler judge what it has so far, so a
                     # wrong early answer ends the run instead of waiting out the limit.
+                    # Only once the results have doubled since the last report: the
+                    # labeler parses the whole payload each time, so all reports cost
+                    # it at most twice the final one.
                     _send(self.to_labeler, json.dumps({"id": task["id"], "progress": 1}).encode() + b"\n" + bytes(result))
                     reported = len(result)
                     next_report = now + _PROGRESS_EVERY
-                wait = min(left, max(0.0, next_report - now)) if len(result) > reported else left
-                wait = min(wait, max(0.0, cpu_check - now))
+                    due = False
+                wait = min(left, max(0.0, next_check - now))
+                if due:
+                    wait = min(wait, max(0.0, next_report - now))
                 if muted_until:
                     wait = min(wait, muted_until - now)
                 read = False
@@ -704,30 +941,29 @@ class Warden:
                             poller.unregister(fd)
                     elif fd == pidfd:
                         end = "exit"
-                    elif fd == self.res_r:
+                    elif fd == res_r:
                         if not result and calls_cpu_limit is not None:
-                            calls_end = _cpu_seconds(cpu_clock) + calls_cpu_limit
+                            calls_end = used + calls_cpu_limit
                             if calls_end < cpu_limit:
                                 cpu_limit, in_calls = calls_end, True
-                                cpu_check = min(cpu_check, time.monotonic() + calls_cpu_limit)
-                        result += _read_some(self.res_r)
+                        result += _read_some(res_r)
                         read = True
                         if len(result) > task["max_result_bytes"]:
                             end = "output_limit"
                     else:
-                        out_bytes += len(_read_some(self.out_r))
+                        # Output is counted and thrown away: printing never fails a
+                        # candidate (its CPU and wall limits bound how much it prints).
+                        out_bytes += len(_read_some(out_r))
                         read = True
-                        if out_bytes > task["max_output_bytes"]:
-                            end = "output_limit"
                 if read and not muted_until:
-                    poller.unregister(self.res_r)
-                    poller.unregister(self.out_r)
+                    poller.unregister(res_r)
+                    poller.unregister(out_r)
                     muted_until = time.monotonic() + _MUTE
             if end == "exit":
                 # The child is gone; what it wrote is in the pipe (its own children, still
                 # alive, may add more until they die next: that is not its result).
                 while len(result) <= task["max_result_bytes"]:
-                    b = _read_some(self.res_r)
+                    b = _read_some(res_r)
                     if not b:
                         break
                     result += b
@@ -735,6 +971,8 @@ class Warden:
             os.close(pidfd)
         duration = time.monotonic() - start
         header = {"end": end, "code": 0, "duration": round(duration, 4), "output_bytes": out_bytes}
+        if detail:
+            header["detail"] = detail
         if cpu_timeout:
             header["cpu_limit"] = calls_cpu_limit if in_calls else cpu_limit
             header["in_calls"] = in_calls
@@ -748,35 +986,82 @@ def _read_some(fd: int) -> bytes:
         return b""
 
 
-def _drain(fd: int) -> None:
-    while _read_some(fd):
-        pass
+_IPC_RMID = 0
 
 
-def _cpu_seconds(clock: int) -> float:
-    try:
-        return time.clock_gettime(clock)
-    except OSError:  # the process has just exited
-        return 0.0
+def _remove_sysv_ipc() -> int:
+    """Removes every System V shared memory segment, message queue and semaphore set of
+    this IPC namespace; how many could not be."""
+    left = 0
+    for table, call in (("shm", "shmctl"), ("msg", "msgctl"), ("sem", "semctl")):
+        try:
+            lines = _read(f"/proc/sysvipc/{table}").splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            ident = int(line.split()[1])
+            if _libc_call(call, ident, _IPC_RMID, 0, 0) != 0:
+                left += 1
+    return left
 
 
 def _wipe(root: str) -> None:
-    for entry in os.listdir(root):
-        path = os.path.join(root, entry)
-        _remove(path)
-
-
-def _remove(path: str) -> None:
+    """Empties `root`, however deep the tree a candidate left in it: iteratively (no
+    recursion to overflow), by directory fd and name (no path grows past PATH_MAX), each
+    directory scanned once."""
     try:
-        if os.path.isdir(path) and not os.path.islink(path):
-            os.chmod(path, 0o700)  # a candidate may have made it unreadable
-            for entry in os.listdir(path):
-                _remove(os.path.join(path, entry))
-            os.rmdir(path)
-        else:
-            os.unlink(path)
+        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
     except OSError:
-        pass
+        return
+    try:
+        pending = _unlink_files(fd)  # subdirectories of the directory `fd` is, still to empty
+        frames: list[tuple[list[str], str]] = []  # above it: (their pending, its name)
+        while True:
+            if pending:
+                name = pending.pop()
+                try:
+                    os.chmod(name, 0o700, dir_fd=fd)  # a candidate may have made it unreadable
+                except OSError:
+                    pass
+                try:
+                    down = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+                except OSError:
+                    continue
+                os.close(fd)
+                fd = down
+                frames.append((pending, name))
+                pending = _unlink_files(fd)
+                continue
+            if not frames:
+                return
+            pending, name = frames.pop()
+            up = os.open("..", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = up
+            try:
+                os.rmdir(name, dir_fd=fd)
+            except OSError:
+                pass
+    finally:
+        os.close(fd)
+
+
+def _unlink_files(fd: int) -> list[str]:
+    """Unlinks every entry of directory `fd` but its subdirectories, which it returns."""
+    dirs = []
+    try:
+        entries = list(os.scandir(fd))
+    except OSError:
+        return dirs
+    for e in entries:
+        try:
+            if e.is_dir(follow_symlinks=False):
+                dirs.append(e.name)
+            else:
+                os.unlink(e.name, dir_fd=fd)
+        except OSError:
+            pass
+    return dirs
 
 
 def main() -> None:
@@ -789,7 +1074,7 @@ def main() -> None:
     os.dup2(devnull, 0)
     os.dup2(devnull, 1)
     for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2,
-              signal.SIGALRM, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU):
+              signal.SIGALRM, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGXCPU, signal.SIGXFSZ):
         signal.signal(s, signal.SIG_IGN)
     as_init = os.getpid() == 1
     if not as_init:
@@ -831,7 +1116,15 @@ def main() -> None:
         header, payload = warden.run(task, code)
         warden.stops.discard(task["id"])
         header["id"] = task["id"]
+        if warden.broken:
+            # This worker is not sound any more: its last candidate is charged (or run
+            # again, by the pool, on a fresh worker) and the worker goes.
+            header["replace"] = 1
+            print(f"worker: replacing myself after task {task['id']}: {warden.broken}", file=sys.stderr, flush=True)
         _send(to_labeler, json.dumps(header).encode() + b"\n" + payload)
+        if warden.broken:
+            warden.stop_zygote()
+            return
 
 
 if __name__ == "__main__":
