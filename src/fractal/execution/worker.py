@@ -5,24 +5,67 @@ standard library only and never `fractal`. The labeler also imports `encode_plai
 it, so that both sides speak the same plain-data format.
 
 Three kinds of process, all in the sandbox's PID namespace:
-- the warden (PID 1): talks to the labeler, watches the running candidate (wall and CPU
-  time, output size), kills every process the candidate started, wipes the scratch;
-- the zygote, the warden's child: a copy of the warden taken once (preloaded modules,
-  decoded test inputs), which only forks a child per candidate and reaps it;
+- the warden (PID 1): talks to the labeler, watches the running candidate (wall time,
+  user CPU time and memory of its whole process tree), kills every process the candidate
+  started, wipes the scratch and the System V IPC objects, and checks that nothing of the
+  worker was changed;
+- the zygote, the warden's child, forked once before the first task: it holds the
+  preloaded modules and the decoded test inputs, and only forks a child per candidate
+  and reaps it;
 - the candidate's process, the zygote's child, and whatever it starts.
 Why two: after a fork, every page either process writes is copied (a page fault, slow
 on a VM), and the warden's own work (pipes, polling, JSON) writes hundreds of pages a
 candidate. The zygote writes a few dozen between two forks; the warden never forks
-(but to replace a zygote), so it copies nothing.
+but once, so it copies nothing.
+
+What a label depends on: its own candidate alone. The design buys that as follows.
+- Fresh pipes: the zygote makes a candidate's three pipes (code in, results out, output
+  out) for that fork only and hands the warden its ends over a UNIX socket (SCM_RIGHTS).
+  What a candidate does to its pipes (O_NONBLOCK, F_SETPIPE_SZ, closing them) dies with
+  them, and nothing a dead process wrote can reach the next candidate's results.
+- Nobody's code in reach: the code goes from the warden down the candidate's own pipe to
+  the child; the zygote, of which every later candidate is a copy, never holds it, and
+  it is never restarted (a restarted one would be a copy of a warden that holds the code
+  of the tasks it received). A worker whose zygote is gone is replaced whole.
+- Fresh limits: each child sets all its resource limits, nice value, scheduling policy
+  and CPU affinity from the record the worker took when it started, not from what it
+  inherited; what it cannot set back (a hard limit lowered) means the zygote was
+  tampered with.
+- Tampering noticed: candidates run as the worker's uid (as root, a uid of its own per
+  worker; as another user, the only uid of the user namespace), so they may prlimit,
+  setpriority, sched_setaffinity or kill the zygote and the warden (the warden, PID 1,
+  ignores signals sent from inside). After each candidate, once all its processes are
+  dead, the warden compares its own and the zygote's limits, nice value, affinity and
+  policy with the record. Any change, a dead or stuck zygote, or processes that cannot
+  be killed: the warden answers that candidate's task {"end": "worker", "replace": 1}
+  and exits, and the pool starts a fresh worker, runs the candidate once more and
+  charges it (`crashed`) if it breaks that one too (pool.py). Since the check runs
+  between every two candidates, no candidate ever runs on a worker another changed.
+- The tree's memory: every _CHECK_EVERY the warden sums, over the candidate's processes,
+  resident anonymous memory beyond what each shares with the zygote, resident shared
+  memory, the memfds they hold (mapped or not), System V segments and the tmpfs scratch
+  and /dev/shm; over `memory_bytes`, the run ends `memory`. The same pass sums the
+  tree's user CPU time for the CPU limits (system time, mostly the kernel zeroing the
+  memory a candidate allocates, is bounded by the memory and wall limits instead).
+- Output never fails a candidate: stdout and stderr are read and thrown away (counted);
+  only the results, which the labeler parses, have a cap (`max_result_bytes`).
+Where it stops: candidates share a uid with the warden and zygote, so tampering is
+noticed and undone (the worker replaced), not prevented; a change that leaves the
+recorded values as they were (ioprio, timer slack of another process) is not noticed.
+The memory is sampled, so a burst shorter than _CHECK_EVERY can exceed the limit (each
+process's address space is still capped); a memfd mapped and then closed is counted only
+while mapped. POSIX message queues cannot be made (RLIMIT_MSGQUEUE is 0): nothing in the
+sandbox could list them to remove them. No cgroup: on the machine this was built on the
+memory controller is on cgroup v1 and the v2 hierarchy has only hugetlb
+(/sys/fs/cgroup/unified/cgroup.controllers), and a non-root user has no
+delegated subtree; the accounting above works wherever /proc does.
 
 Trust: neither the warden nor the zygote executes candidate code. They hold only the test
 *inputs*, never the tests or the reference solution, so nothing a candidate can reach
 (memory, files) reveals the expected answers. The child reports the values the entry
 point returned as plain data; the trusted labeler replays the real tests against those
 values (judge.py). Whatever the child writes is therefore only data: a forged frame can
-at most claim a return value, which is the same as returning it. The warden, as PID 1,
-cannot be killed from inside the namespace; a candidate that kills (or stops) the
-zygote costs a new zygote, forked from the warden, and nothing else.
+at most claim a return value, which is the same as returning it.
 
 Protocol with the labeler (stdin/stdout of the warden): frames of a 4-byte big-endian
 length and a body. The labeler sends tasks (a JSON line, then the candidate's code
@@ -32,7 +75,8 @@ the first time this worker sees that problem. For each task the warden answers o
 frame: a JSON header line, then the raw bytes the child wrote to its result pipe (the
 child's own length-prefixed JSON frames, parsed by the labeler). A candidate still
 running after 50 ms also gets progress frames (header {"id", "progress": 1}) with its
-results so far.
+results so far, each time they have at least doubled, so that the labeler, which parses
+the whole payload each time, spends at most twice what the final payload costs.
 """
 from __future__ import annotations
 
@@ -534,7 +578,8 @@ class Warden:
         self.limits = limits
         # In the sandbox every file a candidate can write is on a size-limited tmpfs, so
         # RLIMIT_FSIZE needs only stop a memfd, whose memory the tree's accounting counts.
-        self.file_bytes = max(limits["max_file_bytes"], 2 * limits["memory_bytes"]) if as_init else limits["max_file_bytes"]
+        file_bytes = limits.get("max_file_bytes", resource.RLIM_INFINITY)
+        self.file_bytes = max(file_bytes, 2 * limits.get("memory_bytes", 0)) if as_init else file_bytes
         self.record = Record()
         self.from_labeler = from_labeler
         self.to_labeler = to_labeler
