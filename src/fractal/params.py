@@ -60,9 +60,9 @@ class GenerateParams:
 class LabelParams:
     workers: int = 0  # sandboxed warm workers; 0: one per core
     timeout_factor: float = 10.0  # time limit = min(cap, max(floor, factor x reference runtime))
-    timeout_floor: float = 10.0  # wall seconds. Only a candidate that waits (sleeps, blocks) meets it: a busy one
-    # meets a CPU limit first. Four test calls that each sleep 0.5 s must pass, and so must a call that fills
-    # 1 GB (0.5-1.1 s of CPU, mostly the kernel's) at load 10 on 2 cores, where it took 5 s of wall
+    timeout_floor: float = 5.0  # wall seconds, not counting time the candidate waited for a CPU (worker.py).
+    # Only a candidate that waits (sleeps, blocks) meets it: a busy one meets a CPU limit first. Four test calls
+    # that each sleep 0.5 s must pass, and three calls that each fill 1 GB (0.7 s of CPU each, mostly the kernel's)
     timeout_cpu_floor: float = 1.0  # user CPU seconds, the floor of a second limit, on the candidate's tree's
     # user time: a busy loop stops here, however loaded the machine. User time: the kernel's time zeroing memory
     # a candidate allocates (1.1 s of system time for 1 GB on this VM) is bounded by the memory and wall limits

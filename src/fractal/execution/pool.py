@@ -34,10 +34,16 @@ from fractal.params import LabelParams
 
 _HEADER = struct.Struct(">I")
 _DEPTH = 2  # tasks queued per worker
-_SLACK = 10.0  # seconds beyond a task's limit before a silent worker counts as hung
+_SLACK = 10.0  # seconds beyond a task's longest run (its limit and the wait credit, worker.py) before a silent worker counts as hung
 _START_TIMEOUT = 60.0
 _WIRE = ("id", "problem_id", "entry_point", "time_limit", "cpu_limit", "calls_cpu_limit", "max_output_bytes",
          "max_result_bytes")
+
+
+def _longest(task: dict) -> float:
+    """The longest a task can run: its wall limit plus the time waited for a CPU that the
+    warden does not count (worker._WAIT_CREDIT times the limit at most)."""
+    return (1 + worker_module._WAIT_CREDIT) * task["time_limit"]
 
 
 class WorkerStartError(RuntimeError):
@@ -254,7 +260,7 @@ class WorkerPool:
                     if w.info is None:
                         if now - w.started > _START_TIMEOUT:
                             raise w.start_failed(f"did not start within {_START_TIMEOUT:g} s")
-                    elif w.inflight and now - w.head_since > w.inflight[0]["time_limit"] + _SLACK:
+                    elif w.inflight and now - w.head_since > _longest(w.inflight[0]) + _SLACK:
                         yield from self._replace(w, sel, pending, "worker hung")
         finally:
             sel.close()

@@ -47,6 +47,9 @@ What a label depends on: its own candidate alone. The design buys that as follow
   and /dev/shm; over `memory_bytes`, the run ends `memory`. The same pass sums the
   tree's user CPU time for the CPU limits (system time, mostly the kernel zeroing the
   memory a candidate allocates, is bounded by the memory and wall limits instead).
+- The wall limit does not count the time the candidate was ready to run but the machine
+  ran others (/proc/<pid>/schedstat), up to _WAIT_CREDIT times the limit: it is there for
+  candidates that wait, and load must not make slow correct code a timeout.
 - Output never fails a candidate: stdout and stderr are read and thrown away (counted);
   only the results, which the labeler parses, have a cap (`max_result_bytes`).
 Where it stops: candidates share a uid with the warden and zygote, so tampering is
@@ -558,6 +561,7 @@ def _children_of(parents: set[int]) -> list[int]:
 _PAGE = resource.getpagesize()
 _TICK = os.sysconf("SC_CLK_TCK")
 _CHECK_EVERY = 0.02  # seconds between two measurements of a running candidate's tree
+_WAIT_CREDIT = 5.0  # the wall limit grows by the time waited for a CPU, up to this many times itself
 
 
 def _read(path: str) -> bytes:
@@ -863,26 +867,30 @@ class Warden:
             if left:
                 self.broken = self.broken or f"a candidate's System V IPC objects could not be removed ({left})"
 
-    def usage(self, pids: list[int]) -> tuple[int, float]:
-        """(bytes, user CPU seconds) of the candidate's process tree `pids`: anonymous and
-        shared memory resident in each process beyond what it shares with the zygote,
-        memfds they hold (mapped or not), System V segments, and the tmpfs scratch and
-        /dev/shm; the user time of all of them."""
+    def usage(self, pids: list[int]) -> tuple[int, float, float]:
+        """(bytes, user CPU seconds, seconds waited for a CPU) of the candidate's process
+        tree `pids`: anonymous and shared memory resident in each process beyond what it
+        shares with the zygote, memfds they hold (mapped or not), System V segments, and
+        the tmpfs scratch and /dev/shm; the user time of all of them; the longest any of
+        them has been runnable but not running (the machine was busy elsewhere)."""
         base = 0
         if self.zygote:
             try:
                 base = _kib(_read(f"/proc/{self.zygote}/status"), b"RssAnon:")
             except OSError:
                 pass
-        total, ticks, memfds = 0, 0, {}
+        total, ticks, memfds, waited = 0, 0, {}, 0
         for pid in pids:
             try:
                 stat = _read(f"/proc/{pid}/stat")
                 status = _read(f"/proc/{pid}/status")
                 fds = os.listdir(f"/proc/{pid}/fd")
+                schedstat = _read(f"/proc/{pid}/schedstat").split()
             except OSError:
                 continue
             ticks += int(stat[stat.rfind(b")") + 2 :].split()[11])  # utime
+            if len(schedstat) > 1:
+                waited = max(waited, int(schedstat[1]))  # ns on a run queue
             total += max(0, _kib(status, b"RssAnon:") - base) + _kib(status, b"RssShmem:")
             for fd in fds:
                 try:
@@ -904,9 +912,13 @@ class Warden:
                     total += (st.f_blocks - st.f_bfree) * st.f_frsize
                 except OSError:
                     pass
-        return total, ticks / _TICK
+        return total, ticks / _TICK, waited / 1e9
 
     def _watch(self, task: dict, pid: int, start: float, res_r: int, out_r: int) -> tuple[dict, bytes]:
+        # The wall limit is for candidates that wait (sleep, block): time a candidate's
+        # process spent ready to run while the machine ran others does not count, so a
+        # loaded machine does not turn slow correct code into a timeout (up to
+        # _WAIT_CREDIT times the limit: a minute at most with the default cap).
         deadline = start + task["time_limit"]
         # The CPU-time limit: a busy candidate is stopped once it has used `cpu_limit` of
         # user CPU time, however loaded the machine (on a loaded one, the wall limit would
@@ -947,12 +959,9 @@ class Warden:
                     poller.register(res_r, select.POLLIN)
                     poller.register(out_r, select.POLLIN)
                     muted_until = 0.0
-                left = deadline - now
-                if left <= 0:
-                    end = "timeout"
-                    break
-                if now >= next_check:
-                    memory, used = self.usage(self._others())
+                if now >= next_check or now >= deadline:
+                    memory, used, waited = self.usage(self._others())
+                    deadline = start + task["time_limit"] + min(waited, _WAIT_CREDIT * task["time_limit"])
                     if used >= cpu_limit:
                         end, cpu_timeout = "timeout", True
                         break
@@ -960,6 +969,10 @@ class Warden:
                         end, detail = "memory", f"the candidate's processes held {memory >> 20} MB"
                         break
                     next_check = time.monotonic() + _CHECK_EVERY
+                left = deadline - now
+                if left <= 0:
+                    end = "timeout"
+                    break
                 due = bool(result) and len(result) >= 2 * reported
                 if due and now >= next_report:
                     # A slow candidate: let the labeler judge what it has so far, so a
