@@ -78,8 +78,8 @@ the first time this worker sees that problem. For each task the warden answers o
 frame: a JSON header line, then the raw bytes the child wrote to its result pipe (the
 child's own length-prefixed JSON frames, parsed by the labeler). A candidate still
 running after 50 ms also gets progress frames (header {"id", "progress": 1}) with its
-results so far, each time they have at least doubled, so that the labeler, which parses
-the whole payload each time, spends at most twice what the final payload costs.
+results so far, at intervals that double (50 ms, 100 ms, ...), so that the labeler,
+which parses the whole payload each time, parses it a dozen times at most.
 """
 from __future__ import annotations
 
@@ -948,6 +948,7 @@ class Warden:
         detail = ""
         reported = 0  # bytes of results already shown to the labeler
         next_report = start + _PROGRESS_AFTER
+        report_every = _PROGRESS_EVERY
         # After reading the pipes, leave them for a millisecond: a child writes a frame
         # per call, and waking for each costs more than the whole wait (the pipes hold
         # what comes meanwhile; the child's exit still wakes us at once).
@@ -973,16 +974,17 @@ class Warden:
                 if left <= 0:
                     end = "timeout"
                     break
-                due = bool(result) and len(result) >= 2 * reported
+                due = len(result) > reported
                 if due and now >= next_report:
                     # A slow candidate: let the labeler judge what it has so far, so a
                     # wrong early answer ends the run instead of waiting out the limit.
-                    # Only once the results have doubled since the last report: the
-                    # labeler parses the whole payload each time, so all reports cost
-                    # it at most twice the final one.
+                    # The labeler parses the whole payload each time, so the reports
+                    # come ever more rarely (50 ms, then 100, 200...): a run of T
+                    # seconds costs it log2(T / 50 ms) parses at most.
                     _send(self.to_labeler, json.dumps({"id": task["id"], "progress": 1}).encode() + b"\n" + bytes(result))
                     reported = len(result)
-                    next_report = now + _PROGRESS_EVERY
+                    next_report = now + report_every
+                    report_every *= 2
                     due = False
                 wait = min(left, max(0.0, next_check - now))
                 if due:
