@@ -967,3 +967,27 @@ def test_hostile_batch_interleaved_with_correct_candidates(workers, world, monke
     while _sandbox_processes(namespaces) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert _sandbox_processes(namespaces) == [], "candidates left processes behind"
+
+
+def test_progress_frames_come_ever_more_rarely(world, tmp_path):
+    """The labeler parses a slow candidate's whole payload at each progress frame: a
+    candidate that answers a call every 10 ms for 2 s must get a handful of frames, not
+    one every 50 ms (issue 17: 9.4 s of parsing against a 3.2 s limit)."""
+    from fractal.execution.judge import plan_tests
+    from fractal.execution.pool import WorkerPool
+
+    tests = "def check(candidate):\n    for i in range(200):\n        assert candidate(i) == i\n"
+    problem = Problem("t/many", "t", "test", "", "f", tests, "def f(x):\n    return x\n", "check")
+    plan = plan_tests(problem)
+    slow = "import time\ndef f(x):\n    time.sleep(0.01)\n    return x\n"
+    task = {"id": 0, "key": "k", "group": 0, "problem_id": problem.problem_id, "program": slow, "code": b"",
+            "entry_point": "f", "calls": plan.calls_json, "time_limit": 5.0, "cpu_limit": 1.0, "calls_cpu_limit": 0.3,
+            "max_output_bytes": 1_000_000, "max_result_bytes": 8_000_000}
+    params = LabelParams(workers=1, cache_dir=str(tmp_path / "cache"))
+    with WorkerPool(params, [(list(params.preload), 1)], tmp_path / "logs") as pool:
+        items = list(pool.run([task]))
+    progress = [h for _, h, _ in items if h.get("progress")]
+    final = [h for _, h, _ in items if not h.get("progress")]
+    assert len(final) == 1 and final[0]["end"] == "exit"
+    # 50 ms, then intervals of 50, 100, 200, 400, 800 ms...: 6 or 7 within 2-4 s of run.
+    assert 1 <= len(progress) <= 8, f"{len(progress)} progress frames in {final[0]['duration']} s"
