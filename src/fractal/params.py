@@ -63,12 +63,14 @@ class LabelParams:
     timeout_floor: float = 5.0  # wall seconds, not counting time the candidate waited for a CPU (worker.py).
     # Only a candidate that waits (sleeps, blocks) meets it: a busy one meets a CPU limit first. Four test calls
     # that each sleep 0.5 s must pass, and three calls that each fill 1 GB (0.7 s of CPU each, mostly the kernel's)
-    timeout_cpu_floor: float = 1.0  # user CPU seconds, the floor of a second limit, on the candidate's tree's
-    # user time: a busy loop stops here, however loaded the machine. User time: the kernel's time zeroing memory
-    # a candidate allocates (1.1 s of system time for 1 GB on this VM) is bounded by the memory and wall limits
-    timeout_calls_cpu_floor: float = 0.3  # user CPU seconds, the floor of the limit on the test calls alone
-    # (after the module and its imports loaded): a loop in a call stops after 0.3 s. A call that builds a 1 GB
-    # list uses 0.19 s of user time here (and 0.44 s of system time, not counted)
+    timeout_cpu_floor: float = 0.5  # user CPU seconds, the floor of a second limit, on the user time of the
+    # candidate's process tree: a busy loop stops here, however loaded the machine. User time: the kernel's
+    # time zeroing memory a candidate allocates (1.1 s of system time for 1 GB on this VM) is bounded by the
+    # memory and wall limits instead. The slowest passing CodeGen-16B HumanEval sample (it imports boto3)
+    # used 0.08 s of CPU
+    timeout_calls_cpu_floor: float = 0.2  # user CPU seconds, the floor of the limit on the test calls alone
+    # (after the module and its imports loaded). A call that fills 1 GB uses 0.05-0.15 s of user time here,
+    # one that builds a 1 GB list 0.19 s; 58 of the 16,400 HumanEval samples loop, and each costs this much
     timeout_cap: float = 10.0  # seconds, both limits
     memory_mb: int = 2048  # address space a candidate may add on top of what the worker maps
     max_output_bytes: int = 1_000_000  # stdout + stderr that is kept; more is read and discarded, never a failure

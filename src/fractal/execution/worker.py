@@ -239,6 +239,20 @@ def _exc_name(e: BaseException) -> str:
     return _type_name(e)
 
 
+def _read(path: str) -> bytes:
+    """A small file's bytes (/proc): raw syscalls, as this runs a few times a candidate."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        chunks = []
+        while True:
+            b = os.read(fd, 1 << 16)
+            if not b:
+                return b"".join(chunks)
+            chunks.append(b)
+    finally:
+        os.close(fd)
+
+
 def _vm_bytes() -> int:
     fd = os.open("/proc/self/statm", os.O_RDONLY)
     try:
@@ -264,15 +278,18 @@ class Record:
 
     def __init__(self) -> None:
         self.limits = {r: resource.getrlimit(r) for r in _RLIMITS.values()}
+        self.limits_text = _read("/proc/self/limits")  # one read compares them all
         self.nice = os.getpriority(os.PRIO_PROCESS, 0)
         self.affinity = os.sched_getaffinity(0)
         self.policy = os.sched_getscheduler(0)
 
     def differs(self, pid: int) -> str:
         """'' if process `pid` (0: this one) is as recorded, else what changed."""
-        for name, r in _RLIMITS.items():
-            if resource.prlimit(pid, r) != self.limits[r]:
-                return f"its {name} was changed"
+        if _read(f"/proc/{pid or 'self'}/limits") != self.limits_text:
+            for name, r in _RLIMITS.items():
+                if resource.prlimit(pid, r) != self.limits[r]:
+                    return f"its {name} was changed"
+            return "its resource limits were changed"
         if os.getpriority(os.PRIO_PROCESS, pid) != self.nice:
             return "its nice value was changed"
         if os.sched_getaffinity(pid) != self.affinity:
@@ -564,9 +581,6 @@ _CHECK_EVERY = 0.02  # seconds between two measurements of a running candidate's
 _WAIT_CREDIT = 5.0  # the wall limit grows by the time waited for a CPU, up to this many times itself
 
 
-def _read(path: str) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()
 
 
 def _kib(status: bytes, field: bytes) -> int:
