@@ -34,7 +34,7 @@ from fractal.params import LabelParams
 
 _HEADER = struct.Struct(">I")
 _DEPTH = 2  # tasks queued per worker
-_SLACK = 10.0  # seconds beyond a task's longest run (its limit and the wait credit, worker.py) before a silent worker counts as hung
+_SLACK = 10.0  # seconds beyond a task's longest run (_longest) before a silent worker counts as hung
 _START_TIMEOUT = 60.0
 _WIRE = ("id", "problem_id", "entry_point", "time_limit", "cpu_limit", "calls_cpu_limit", "max_output_bytes",
          "max_result_bytes")
@@ -188,7 +188,7 @@ class WorkerPool:
             self.close()
             raise
         self.restarts = 0
-        self.retried: set = set()  # ids of tasks already run again after breaking a worker
+        self.retried: set[int] = set()  # ids of tasks already run again after breaking a worker
 
     def __enter__(self) -> "WorkerPool":
         return self

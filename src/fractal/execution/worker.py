@@ -575,7 +575,6 @@ def _children_of(parents: set[int]) -> list[int]:
     return out
 
 
-_PAGE = resource.getpagesize()
 _TICK = os.sysconf("SC_CLK_TCK")
 _CHECK_EVERY = 0.02  # seconds between two measurements of a running candidate's tree
 _WAIT_CREDIT = 5.0  # the wall limit grows by the time waited for a CPU, up to this many times itself
