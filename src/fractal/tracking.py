@@ -14,11 +14,13 @@ Tags of a stage run (all strings):
   fractal.stage, fractal.executor, fractal.invocation (the dvc process it belongs to),
   git.commit, git.dirty, dvc.exp_name, dvc.baseline_rev,
   dvc.dep.<path> / dvc.out.<path>: the md5 DVC records for that dependency or output
-  (a directory's ends in .dir), computed with DVC's own hashing, so they match dvc.lock.
+  (a directory's ends in .dir), computed with DVC's own hashing, so they match dvc.lock,
+  env.python, env.torch, env.transformers, env.dvc, env.mlflow, env.cpu, env.gpu ...:
+  the environment (environment()).
 Params are the stage's params as dvc.yaml lists them; metrics are the numbers in its
 metrics files. An output directory holding a critic (critic.json) also gets each epoch's
 checkpoint with its validation metrics, and the critic is registered as a version of the
-"critic" model whose tags carry the same lineage.
+"critic" model whose tags carry the same lineage; the alias `champion` marks the best.
 
 FRACTAL_TRACKING=off runs stages without MLflow.
 """

@@ -124,7 +124,7 @@ def per_problem(results: Results, per_row: int = 41) -> Any:
                     ax.scatter(x + jitter[j], scores[j], s=70, facecolors="none", edgecolors=col[name], lw=1.6,
                                marker="o" if passed[j] else "s")
         ax.set_xticks(range(len(chunk)), [c.problem_id.split("/")[-1] for c in chunk], fontsize=7, rotation=90)
-        ax.set_xlim(-0.7, per_row - 0.3)
+        ax.set_xlim(-0.7, min(per_row, len(shown)) - 0.3)
         ax.set_ylim(-0.03, 1.03)
         ax.set_ylabel("critic score")
         ax.grid(axis="x", visible=False)
@@ -132,9 +132,9 @@ def per_problem(results: Results, per_row: int = 41) -> Any:
                plt.Line2D([], [], ls="", marker="o", color="#bbbbbb", label="failing candidate")]
     handles += [plt.Line2D([], [], ls="", marker="o", mfc="none", mec=col[n], mew=1.6, ms=9,
                            label=f"{n}'s pick (circle: passes, square: fails)") for n in rankers]
-    axes[0, 0].legend(handles=handles, loc="lower left", bbox_to_anchor=(0, 1.02), ncols=4)
     axes[-1, 0].set_xlabel("problem (those with a pass and a fail, by random pass rate, low to high)")
-    fig.suptitle(f"What was picked against what was passed over: {len(shown)} problems", y=1.0)
+    axes[0, 0].set_title(f"What was picked against what was passed over: {len(shown)} problems", pad=30)
+    axes[0, 0].legend(handles=handles, loc="lower left", bbox_to_anchor=(0, 1.0), ncols=4)
     return fig
 
 
