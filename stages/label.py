@@ -1,17 +1,18 @@
 """label: run every candidate against its problem's tests in the sandbox
--> data/labels.jsonl, metrics/label.json"""
+-> data/labels.jsonl, metrics/label.json, timings/label.jsonl"""
 from fractal import params
 from fractal.execution import label_candidates, problem_statuses
 from fractal.execution.isolation import mode_of
 from fractal.execution.judge import COUNTED
 from fractal.labels import pass_rates
-from fractal.records import Generation, Problem, read_jsonl, write_json, write_jsonl
+from fractal.records import Generation, Problem, read_jsonl, write_json, write_jsonl, write_timings
 
 p = params.load("label")
 problems = read_jsonl("data/problems.jsonl", Problem)
 generations = read_jsonl("data/generations.jsonl", Generation)
 labels = label_candidates(problems, generations, p)
-write_jsonl("data/labels.jsonl", labels)
+write_jsonl("data/labels.jsonl", labels)  # without durations: the same md5 on every machine
+write_timings("timings/label.jsonl", labels)
 statuses = problem_statuses([q for q in problems if q.problem_id in {g.problem_id for g in generations}])
 metrics = pass_rates(problems, labels, excluded={pid for pid, (s, _) in statuses.items() if s not in COUNTED})
 # A number, so that MLflow (which logs the metrics files' numbers) shows it too: 0 means

@@ -33,7 +33,7 @@ def test_tiny_default_profile_end_to_end(tmp_path):
     subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny"], cwd=repo, check=True)
 
     first = dvc(repo, "repro")
-    assert ran(first) == ["prepare", "generate", "label", "train", "rank"]
+    assert ran(first) == ["prepare", "generate", "label", "train", "rank", "report"]
     label = json.loads((repo / "metrics/label.json").read_text())
     assert label["all"]["candidates"] == 120 and 0 < label["all"]["pass_rate"] < 1
     rank = json.loads((repo / "metrics/rank.json").read_text())
@@ -42,7 +42,10 @@ def test_tiny_default_profile_end_to_end(tmp_path):
     assert (repo / "models/critic/critic.json").exists() and list((repo / "plots/rank").iterdir())
 
     assert ran(dvc(repo, "repro")) == []  # nothing changed: nothing runs
-    assert "rank.json" in dvc(repo, "metrics", "show")
+    shown = dvc(repo, "metrics", "show")
+    assert "rank.json" in shown and "headline.json" in shown
+    assert "failed to load" not in shown  # no metrics key named `error` (DVC's own failure marker)
+    assert (repo / "reports/results.html").is_file() and (repo / "timings/label.jsonl").is_file()
 
-    assert ran(dvc(repo, "exp", "run", "-S", "train.seed=1")) == ["train", "rank"]
-    assert ran(dvc(repo, "exp", "run", "-S", "generate.n=8")) == ["generate", "label", "train", "rank"]
+    assert ran(dvc(repo, "exp", "run", "-S", "train.seed=1")) == ["train", "rank", "report"]
+    assert ran(dvc(repo, "exp", "run", "-S", "generate.n=8")) == ["generate", "label", "train", "rank", "report"]

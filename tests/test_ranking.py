@@ -229,7 +229,7 @@ def test_evaluate_hand_computed_rates():
     # b: passes {.7, .1} vs fails {.7, .2}: (.7,.7)=.5 (.7,.2)=1 (.1,.7)=0 (.1,.2)=0 -> 1.5/4
     assert m["auroc"]["within_problem_n"] == 2
     assert m["auroc"]["within_problem_mean"] == pytest.approx((1 + 1.5 / 4) / 2)
-    assert m["statuses"] == {"error": 1, "failed": 6, "passed": 7, "syntax_error": 1, "timeout": 1}
+    assert m["statuses"] == {"runtime_error": 1, "failed": 6, "passed": 7, "syntax_error": 1, "timeout": 1}
 
 
 def test_evaluate_per_problem_table():

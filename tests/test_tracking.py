@@ -59,6 +59,38 @@ def test_an_unusable_store_stops_the_stage_before_it_runs(tmp_path, monkeypatch,
     assert not ran and "MLFLOW_TRACKING_URI" in capsys.readouterr().err
 
 
+def test_a_copied_or_moved_repository_keeps_its_own_artifacts(tmp_path, monkeypatch):
+    """MLflow stores absolute artifact locations; the repository's own store follows it."""
+    import shutil
+
+    import mlflow
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+    old = tmp_path / "old"
+    old.mkdir()
+    (tmp_path / "checkpoint.txt").write_text("weights")
+    with tracking.store_lock(old):
+        client, exp_id = tracking.open_store(old)
+    run_id = client.create_run(exp_id).info.run_id
+    client.log_artifact(run_id, str(tmp_path / "checkpoint.txt"), "checkpoints")
+    assert client.get_run(run_id).info.artifact_uri.startswith((old / "mlartifacts").as_uri())
+
+    new = tmp_path / "new"
+    shutil.copytree(old, new)
+    shutil.rmtree(old)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # mlflow.set_tracking_uri sets it: a new process here
+    with tracking.store_lock(new):
+        client, _ = tracking.open_store(new)
+    run = client.get_run(run_id)
+    assert run.info.artifact_uri == f"{(new / 'mlartifacts').as_uri()}/{run_id}/artifacts"
+    assert client.get_experiment(exp_id).artifact_location == (new / "mlartifacts").as_uri()
+    local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="checkpoints/checkpoint.txt",
+                                                dst_path=str(tmp_path / "got"), tracking_uri=tracking.tracking_uri(new))
+    assert Path(local).read_text() == "weights"
+    assert not old.exists()
+
+
 def test_tracking_can_be_switched_off(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("FRACTAL_TRACKING", "off")
@@ -136,7 +168,7 @@ def tiny_repo(tmp_path_factory, mlflow_server):
     _git(repo, "add", "-A")
     _git(repo, "commit", "-qm", "tiny")
     out = _run(["dvc", "repro"], repo, _env(mlflow_server))
-    assert _ran(out) == ["prepare", "generate", "label", "train", "rank"]
+    assert _ran(out) == ["prepare", "generate", "label", "train", "rank", "report"]
     _git(repo, "add", "-A")
     _git(repo, "commit", "-qm", "tiny results")
     return repo
@@ -158,7 +190,7 @@ def test_a_repro_is_one_parent_run_with_a_child_per_stage_carrying_its_lineage(t
     assert parent.data.tags["fractal.command"].endswith("repro")
     children = client.search_runs([exp], filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
     by_stage = {r.data.tags["fractal.stage"]: r for r in children}
-    assert sorted(by_stage) == ["generate", "label", "prepare", "rank", "train"] and len(children) == 5
+    assert sorted(by_stage) == ["generate", "label", "prepare", "rank", "report", "train"] and len(children) == 6
 
     lock = yaml.safe_load((tiny_repo / "dvc.lock").read_text())["stages"]
     commit = _git(tiny_repo, "rev-parse", "HEAD~1")  # the commit the repro ran on
@@ -167,6 +199,10 @@ def test_a_repro_is_one_parent_run_with_a_child_per_stage_carrying_its_lineage(t
         assert run.info.status == "FINISHED"
         assert tags["git.commit"] == commit and tags["git.dirty"] == "false", stage
         assert tags["fractal.executor"] == "local" and tags["dvc.exp_name"] == ""
+        # What a drift between two machines may come from, in every run.
+        assert tags["env.python"] == sys.version.split()[0], stage
+        assert all(tags[f"env.{d}"] not in ("", "not installed") for d in ("torch", "transformers", "dvc", "mlflow"))
+        assert tags["env.cpu"] and tags["env.gpu"]
         for entry in lock[stage].get("deps", []):
             assert tags[f"dvc.dep.{entry['path']}"] == entry["md5"], (stage, entry["path"])
         for entry in lock[stage].get("outs", []):
@@ -214,6 +250,67 @@ def test_each_epoch_checkpoint_is_logged_and_the_best_critic_is_registered(tiny_
     predicted = model.predict(frame)
     tracked = {(s.problem_id, s.sample): s.score for s in read_jsonl(tiny_repo / "data/scores.jsonl", Score)}
     assert list(predicted) == pytest.approx([tracked[g.problem_id, g.sample] for g in generations], abs=1e-6)
+
+
+# Run by the venv's python: fractal is hidden first (this machine has it installed, and the
+# venv sees the system's packages), so the model's code can only come from its artifacts.
+_FRESH_LOAD = """
+import importlib.util, json, os, sys
+sys.path[:] = [p for p in sys.path if not os.path.isfile(os.path.join(p or '.', 'fractal', '__init__.py'))]
+assert importlib.util.find_spec('fractal') is None, 'fractal is still importable'
+import mlflow, pandas as pd
+model = mlflow.pyfunc.load_model(sys.argv[1])
+frame = pd.read_json(sys.argv[2], orient='records')
+print(json.dumps({'scores': [float(x) for x in model.predict(frame)],
+                  'code': sys.modules['fractal'].__file__}))
+"""
+
+
+@pytest.mark.slow
+def test_the_registered_critic_loads_in_a_fresh_venv_from_its_own_artifacts(tiny_repo, mlflow_server, tmp_path):
+    """A `python -m venv --system-site-packages` venv (torch, mlflow... from the system, fast
+    to make) in which fractal is not importable; the model is read from a downloaded copy of
+    its artifacts, in a folder outside the repository."""
+    import mlflow
+    from mlflow.models import Model
+
+    client, exp = _client(mlflow_server)
+    [train] = client.search_runs([exp], filter_string="tags.`fractal.stage` = 'train' and tags.`dvc.exp_name` = ''")
+    version = train.data.tags["critic.model_version"]
+    champion = client.get_model_version_by_alias(tracking.CRITIC_MODEL, tracking.CHAMPION)
+    assert champion.version == version and champion.tags["critic.val_auroc"] == repr(train.data.metrics["val_auroc"])
+
+    mlflow.set_tracking_uri(mlflow_server)
+    mlflow.set_registry_uri(mlflow_server)
+    local = Path(mlflow.artifacts.download_artifacts(f"models:/{tracking.CRITIC_MODEL}/{version}",
+                                                     dst_path=str(tmp_path / "model")))
+    requirements = (local / "requirements.txt").read_text().split()
+    assert not any(r.split("==")[0] in ("fractal", "fractal-best-of-n") for r in requirements)
+    from importlib.metadata import version as installed
+    for r in requirements:  # every pin is what trained it, so it installs where that did
+        name, _, pin = r.partition("==")
+        if pin:
+            assert installed(name) == pin, r
+    meta = Model.load(str(local / "MLmodel"))
+    assert [c.name for c in meta.signature.inputs.inputs] == ["problem_id", "sample", "prompt", "program", "text"]
+    example = json.loads((local / meta.saved_input_example_info["artifact_path"]).read_text())
+    assert example["columns"][:4] == ["problem_id", "sample", "prompt", "program"] and example["data"]
+
+    problems = {p.problem_id: p for p in read_jsonl(tiny_repo / "data/problems.jsonl", Problem)}
+    generations = read_jsonl(tiny_repo / "data/generations.jsonl", Generation)
+    rows = [{"problem_id": g.problem_id, "sample": g.sample, "prompt": problems[g.problem_id].prompt,
+             "text": problems[g.problem_id].text, "program": g.program} for g in generations]
+    (tmp_path / "frame.json").write_text(json.dumps(rows))
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True, timeout=300)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",) and not k.startswith("MLFLOW_")}
+    run = subprocess.run([str(venv / "bin/python"), "-c", _FRESH_LOAD, str(local), str(tmp_path / "frame.json")],
+                         cwd=tmp_path, env={**env, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-4000:]
+    got = json.loads(run.stdout.strip().splitlines()[-1])
+    assert got["code"].startswith(str(local))  # the code came with the model
+    tracked = {(s.problem_id, s.sample): s.score for s in read_jsonl(tiny_repo / "data/scores.jsonl", Score)}
+    assert got["scores"] == pytest.approx([tracked[g.problem_id, g.sample] for g in generations], abs=1e-6)
 
 
 @pytest.mark.slow
@@ -292,7 +389,7 @@ def test_two_queued_experiments_run_at_once_and_land_in_mlflow_apart(tiny_repo, 
     seeds, scores = set(), set()
     for p in parents:
         children = client.search_runs([exp], filter_string=f"tags.`mlflow.parentRunId` = '{p.info.run_id}'")
-        assert sorted(r.data.tags["fractal.stage"] for r in children) == ["rank", "train"]
+        assert sorted(r.data.tags["fractal.stage"] for r in children) == ["rank", "report", "train"]
         [train] = [r for r in children if r.data.tags["fractal.stage"] == "train"]
         assert train.data.tags["dvc.exp_name"] == p.data.tags["dvc.exp_name"] and train.info.status == "FINISHED"
         assert "params.yaml" in train.data.tags["git.changed"]

@@ -2,8 +2,20 @@
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from typing import Iterable
 
 from fractal.records import Label, Problem
+
+# DVC reads a metrics key named `error` as its own marker of a file it failed to load
+# ("failed to load some metrics"), so the status `error` (the program raised) is counted
+# under another name in every metrics file. The labels themselves keep the status.
+METRIC_KEY_OF_STATUS = {"error": "runtime_error"}
+
+
+def status_counts(statuses: Iterable[str]) -> dict[str, int]:
+    """How many candidates have each status, keyed for a metrics file (METRIC_KEY_OF_STATUS)."""
+    counts = Counter(METRIC_KEY_OF_STATUS.get(s, s) for s in statuses)
+    return dict(sorted(counts.items()))
 
 
 def pass_rates(problems: list[Problem], labels: list[Label],
@@ -33,7 +45,7 @@ def pass_rates(problems: list[Problem], labels: list[Label],
             "candidates": len(labs),
             "pass_rate": sum(lab.passed for lab in labs) / len(labs) if labs else 0.0,
             "oracle": sum(any(lab.passed for lab in by_problem[pid]) for pid in pids) / len(pids) if pids else 0.0,
-            "statuses": dict(sorted(Counter(lab.status for lab in labs).items())),
+            "statuses": status_counts(lab.status for lab in labs),
             "excluded": left_out[split],
         }
     return out

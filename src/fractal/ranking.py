@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from fractal.labels import status_counts
 from fractal.records import STATUSES, Label, Problem, Score, atomic_path
 
 LEVEL = 0.95  # confidence of every interval
@@ -271,7 +272,7 @@ def evaluate(problems: list[ScoredProblem], ks: list[int], resamples: int = 2000
             "ece": float(sum(b["count"] * abs(b["observed"] - b["predicted"]) for b in calibration) / n_cand),
             "brier": float(np.mean((all_scores - all_passed) ** 2)),
         },
-        "statuses": dict(sorted(Counter(s for p in problems for s in p.statuses).items())),
+        "statuses": status_counts(s for p in problems for s in p.statuses),
         "bootstrap": {"resamples": resamples, "seed": seed, "level": LEVEL},
     }
     if n_max != n_min:

@@ -49,7 +49,10 @@ class Label:
     sample: int
     status: str  # one of STATUSES
     passed: bool
-    duration: float  # seconds of wall time the candidate ran
+    # Seconds of wall time the candidate ran: a timing, not a result. It differs between
+    # machines and runs, so data/labels.jsonl leaves it out (its md5 then depends only on the
+    # inputs and params) and the label stage writes it to timings/label.jsonl instead.
+    duration: float = dataclasses.field(default=0.0, metadata={"timing": True})
     detail: str = ""  # short error detail, e.g. the exception type
 
 
@@ -107,15 +110,35 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp.unlink()
 
 
+def timing_fields(cls: type) -> tuple[str, ...]:
+    """The fields of a record class that are timings (metadata {"timing": True}): measured,
+    not computed, so they differ between machines and runs."""
+    return tuple(f.name for f in dataclasses.fields(cls) if f.metadata.get("timing"))
+
+
 def write_jsonl(path: str | os.PathLike, records: Iterable[Any]) -> int:
-    """Writes records (dataclasses or dicts) atomically; returns how many were written."""
+    """Writes records (dataclasses or dicts) atomically; returns how many were written.
+    A dataclass's timing fields are left out, so the file's hash is the same on every machine
+    for the same inputs (write_timings keeps them)."""
     n = 0
     with atomic_path(path) as tmp, tmp.open("w", encoding="utf-8") as f:
         for r in records:
-            obj = dataclasses.asdict(r) if dataclasses.is_dataclass(r) else r
+            if dataclasses.is_dataclass(r):
+                obj = dataclasses.asdict(r)
+                for name in timing_fields(type(r)):
+                    del obj[name]
+            else:
+                obj = r
             f.write(json.dumps(obj, ensure_ascii=False) + "\n")
             n += 1
     return n
+
+
+def write_timings(path: str | os.PathLike, records: list[Any], keys: tuple[str, ...] = ("problem_id", "sample")) -> int:
+    """Writes each record's `keys` and timing fields as JSON Lines: the measurements that
+    write_jsonl leaves out of the hashed output, in a file nothing downstream depends on."""
+    return write_jsonl(path, ({**{k: getattr(r, k) for k in keys},
+                               **{t: getattr(r, t) for t in timing_fields(type(r))}} for r in records))
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:

