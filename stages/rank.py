@@ -8,7 +8,7 @@ p = params.load("rank")
 problems = join(read_jsonl("data/problems.jsonl", Problem),
                 read_jsonl("data/labels.jsonl", Label),
                 read_jsonl("data/scores.jsonl", Score))
-ranking = evaluate(problems, p.ks, p.bootstrap, p.seed, p.calibration_bins, p.histogram_bins)
+ranking = evaluate(problems, params.rank_ks(p.ks, max((len(x.passed) for x in problems), default=0)), p.bootstrap, p.seed, p.calibration_bins, p.histogram_bins)
 write_json("metrics/rank.json", ranking.metrics)
 write_csv("plots/rank/pass_at_k.csv", ranking.pass_at_k)
 write_csv("plots/rank/roc.csv", ranking.roc)

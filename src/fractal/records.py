@@ -38,6 +38,7 @@ class Generation:
     model: str
     logprob: float | None = None  # sum of token log-probabilities, where the backend gives them
     n_tokens: int | None = None
+    stop: list[str] | None = None  # the stop sequences the completion was cut at (None: not recorded)
 
 
 STATUSES = ("passed", "failed", "error", "syntax_error", "timeout", "memory", "output_limit", "crashed")

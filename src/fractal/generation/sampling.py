@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 
+from fractal.generation.postprocess import stop_sequences
 from fractal.params import GenerateParams, ParamsError
 
 
@@ -26,8 +27,8 @@ def check_sampling(params: GenerateParams) -> list[str]:
         errors.append(f"params.yaml: `generate.max_tokens` is {params.max_tokens}; it must be at least 1")
     if params.batch_size < 1:
         errors.append(f"params.yaml: `generate.batch_size` is {params.batch_size}; it must be at least 1")
-    if not all(isinstance(s, str) and s for s in params.stop):
-        errors.append(f"params.yaml: `generate.stop` must be a list of non-empty strings, got {params.stop!r}")
+    if params.stop != "auto" and not (isinstance(params.stop, list) and all(isinstance(s, str) and s for s in params.stop)):
+        errors.append(f"params.yaml: `generate.stop` must be auto or a list of non-empty strings, got {params.stop!r}")
     if params.dtype not in ("auto", "float32", "bfloat16", "float16"):
         errors.append(f"params.yaml: `generate.dtype` is {params.dtype!r}; choose auto, float32, bfloat16 or float16")
     if params.device not in ("auto", "cpu", "cuda"):
@@ -50,4 +51,4 @@ def describe(params: GenerateParams) -> str:
     """One line for the log: what will be sampled, and how."""
     how = "greedy" if params.temperature == 0 else f"temperature {params.temperature}, top_p {params.top_p}"
     return (f"{params.model} ({params.prompt_style} prompts): {params.n} samples per problem, {how}, "
-            f"at most {params.max_tokens} tokens, stop {params.stop!r}, seed {params.seed}")
+            f"at most {params.max_tokens} tokens, stop {stop_sequences(params)!r}, seed {params.seed}")

@@ -18,7 +18,7 @@ from typing import Any, Iterator
 from tqdm import tqdm
 
 from fractal.generation.model_source import resolve_model
-from fractal.generation.postprocess import build_program, cut_at_stop
+from fractal.generation.postprocess import build_program, cut_at_stop, stop_sequences
 from fractal.generation.prompts import encode_prompt, render_prompt
 from fractal.generation.sampling import describe, problem_seed, require_valid
 from fractal.params import GenerateParams, ParamsError
@@ -65,7 +65,7 @@ class TransformersBackend:
                 for r in range(rows):
                     new = tokens[r, len(prompt_ids): len(prompt_ids) + lengths[r]]
                     text = tokenizer.decode(new, skip_special_tokens=True)
-                    completion = cut_at_stop(text, params.stop)
+                    completion = cut_at_stop(text, stop_sequences(params))
                     yield Generation(
                         problem_id=problem.problem_id,
                         sample=first + r,
@@ -154,7 +154,7 @@ def _sample(model: Any, tokenizer: Any, prompt_ids: list[int], rows: int, params
     from transformers import StoppingCriteriaList
 
     input_ids = torch.tensor([prompt_ids] * rows, device=device)
-    stop = _stop_criteria(tokenizer, params.stop, eos_ids, len(prompt_ids), rows)
+    stop = _stop_criteria(tokenizer, stop_sequences(params), eos_ids, len(prompt_ids), rows)
     if params.temperature > 0:
         how = dict(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=0)
     else:

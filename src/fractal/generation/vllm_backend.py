@@ -18,7 +18,7 @@ import time
 from typing import Any, Iterator
 
 from fractal.generation.model_source import resolve_model
-from fractal.generation.postprocess import build_program
+from fractal.generation.postprocess import build_program, stop_sequences
 from fractal.generation.prompts import encode_prompt, render_prompt
 from fractal.generation.sampling import describe, problem_seed, require_valid
 from fractal.params import GenerateParams, ParamsError
@@ -85,7 +85,7 @@ def sampling_args(params: GenerateParams, seed: int) -> dict[str, Any]:
         temperature=params.temperature,
         top_p=params.top_p if params.temperature > 0 else 1.0,
         max_tokens=params.max_tokens,
-        stop=list(params.stop) or None,
+        stop=stop_sequences(params) or None,
         seed=seed,
         logprobs=0,  # the sampled token's log-probability only
     )
