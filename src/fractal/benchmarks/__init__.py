@@ -92,4 +92,15 @@ def load_problems(params: PrepareParams, root: str | Path = ".") -> list[Problem
     return problems
 
 
-__all__ = ["load_problems", "assign_splits", "apply_split_rule"]
+def load_humaneval(source: str = "local", prompt_variant: str = "codet", raw_dir: str = "data/raw") -> list[Problem]:
+    """HumanEval's 164 problems, seeded split (the default profile's prepare)."""
+    return load_problems(PrepareParams(source=source, prompt_variant=prompt_variant), Path(raw_dir).parents[1])
+
+
+def load_mbpp(source: str = "local", raw_dir: str = "data/raw") -> list[Problem]:
+    """MBPP sanitized, its official splits."""
+    return load_problems(PrepareParams(benchmark="mbpp", source=source, problems_file=OWN_FILES["mbpp"],
+                                       prompt_variant="original"), Path(raw_dir).parents[1])
+
+
+__all__ = ["load_problems", "load_humaneval", "load_mbpp", "assign_splits", "apply_split_rule"]

@@ -75,6 +75,7 @@ class TransformersBackend:
                         model=params.model,
                         logprob=logprobs[r],
                         n_tokens=lengths[r],
+                        stop=stop_sequences(params),
                     )
                 first += rows
                 n_samples, n_tokens = n_samples + rows, n_tokens + sum(lengths)

@@ -112,6 +112,7 @@ def records(problems: list[Problem], prompt_texts: list[str], outputs: list[Any]
                 model=params.model,
                 logprob=_logprob(c),
                 n_tokens=len(c.token_ids),
+                stop=stop_sequences(params),
             )
 
 
