@@ -92,4 +92,4 @@ def test_editing_the_replay_or_problems_file_reruns_its_stage(tmp_path):
     samples.write_text("".join(lines))
     problems = repo / prepare["problems_file"]
     problems.write_text(problems.read_text() + "\n")
-    assert set(json.loads(dvc(repo, "status", "--json", "generate"))) == {"prepare"}
+    assert set(json.loads(dvc(repo, "status", "--json", "prepare"))) == {"prepare"}
