@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import hashlib
 
+from fractal.benchmarks.mbpp import official_split
+from fractal.params import ParamsError, SplitParams
 from fractal.records import Problem
 
 
@@ -27,13 +29,10 @@ def assign_splits(problems: list[Problem], seed: int, validation: float, test: f
     return problems
 
 
-def apply_split_rule(problems: list[Problem], benchmark: str, split) -> list[Problem]:
+def apply_split_rule(problems: list[Problem], benchmark: str, split: SplitParams) -> list[Problem]:
     """prepare.split.rule: `mbpp` keeps MBPP's official split by task number; `seeded` is the
     hash split above; `auto` is `mbpp` for MBPP itself and `seeded` for everything else
     (MBPP+ keeps only MBPP's test-range problems, so its official split has no training set)."""
-    from fractal.benchmarks.mbpp import official_split
-    from fractal.params import ParamsError
-
     rule = split.rule
     if rule == "auto":
         rule = "mbpp" if benchmark == "mbpp" else "seeded"
