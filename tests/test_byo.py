@@ -214,3 +214,13 @@ def test_default_params_keep_the_recorded_run():
     problems = load_problems(params.load("prepare", ROOT / "params.yaml"), ROOT)
     assert len(problems) == 164 and ">>>" not in problems[0].prompt
     assert os.path.exists(ROOT / params.load("generate", ROOT / "params.yaml").replay_file)
+
+
+def test_fractal_check_reads_the_replay_file(tmp_path):
+    from fractal.generation.check import check_generate
+
+    path = tmp_path / "samples.jsonl"
+    path.write_text('{"task_id": "HumanEval/0", "completion": "x"}\n{oops\n')
+    assert check_generate(GenerateParams(replay_file=str(path))).errors == [f"{path}:2: not valid JSON "
+                                                                            f"(Expecting property name enclosed in double quotes)"]
+    assert check_generate(GenerateParams(replay_file=str(F / "multipl-e"))).errors == []

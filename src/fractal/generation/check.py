@@ -37,6 +37,13 @@ def check_generate(params: GenerateParams) -> Findings:
             found.errors.append("params.yaml: `generate.replay_file` is empty; the replay backend needs recorded samples")
         elif not Path(params.replay_file).exists():
             found.errors.append(f"params.yaml: `generate.replay_file` is {params.replay_file!r}, which does not exist")
+        else:
+            from fractal.generation.replay import load_recorded
+
+            try:  # a malformed line fails here, naming file:line, not at stage time
+                load_recorded(params.replay_file, params.replay_format)
+            except ValueError as e:  # ParamsError included
+                found.errors.append(str(e))
         return found
 
     found.errors.extend(check_sampling(params))
