@@ -325,39 +325,72 @@ def test_join_names_the_mismatch():
 # the stage -------------------------------------------------------------------------------------
 
 def test_rank_stage_writes_every_output(tmp_path: Path):
+    # Issue 19: the rank stage now compares every ranker, so it also reads the generations,
+    # the generated tests, the probe, the embeddings and the hybrid's scores.
+    from fractal.critic.embed import save_embeddings
+    from fractal.records import Generation
+
     rng = np.random.default_rng(5)
-    problems, labels, scores = [], [], []
+    problems, generations, labels, scores, hybrid, tests, probe = [], [], [], [], [], [], []
     for i in range(12):
         pid = f"S/{i}"
         problems.append(Problem(pid, "t", "test", "", "f", "", ""))
         rate = rng.random()
+        has_tests = i % 4 != 0
+        tests.append({"problem_id": pid, "inputs": ["[[1],{}]"] if has_tests else [],
+                      "tests": [{"input": 0, "expected": 2}] if has_tests else [], "asserts": []})
         for s in range(6):
             ok = bool(rng.random() < rate)
+            body = "def f(x):\n    return x + 1\n" if ok else f"def f(x):\n    return x * {s}\n"
+            generations.append(Generation(pid, s, body, body, "replay", "t"))
             labels.append(Label(pid, s, "passed" if ok else "failed", ok, 0.1))
             scores.append(Score(pid, s, float(np.clip(0.3 + 0.4 * ok + rng.normal(0, 0.2), 0, 1)), fold=i % 3))
+            hybrid.append(Score(pid, s, float(np.clip(0.3 + 0.5 * ok + rng.normal(0, 0.1), 0, 1)), fold=i % 3))
+            probe.append({"problem_id": pid, "sample": s, "outputs": (["2"] if ok else [str(s)]) if has_tests else [],
+                          "passed": [0] if ok and has_tests else [], "status": "ok"})
     write_jsonl(tmp_path / "data/problems.jsonl", problems)
+    write_jsonl(tmp_path / "data/generations.jsonl", generations)
     write_jsonl(tmp_path / "data/labels.jsonl", labels)
     write_jsonl(tmp_path / "data/scores.jsonl", scores)
+    write_jsonl(tmp_path / "data/hybrid_scores.jsonl", hybrid)
+    write_jsonl(tmp_path / "data/generated_tests.jsonl", tests)
+    write_jsonl(tmp_path / "data/probe.jsonl", probe)
+    vectors = rng.normal(size=(len(generations), 4))
+    save_embeddings(tmp_path / "data/embeddings", vectors / np.linalg.norm(vectors, axis=1, keepdims=True),
+                    [(g.problem_id, g.sample) for g in generations],
+                    {"backbone": "minilm", "max_length": 384, "prompt_tokens": 128})
     (tmp_path / "params.yaml").write_text("rank:\n  ks: [1, 3, 10]\n  bootstrap: 300\n")
 
     out = subprocess.run([sys.executable, str(REPO / "stages/rank.py")], cwd=tmp_path,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert "critic top-1" in out.stdout and "gap closed" in out.stdout
+    assert "hybrid" in out.stdout and "gap closed" in out.stdout
 
     m = json.loads((tmp_path / "metrics/rank.json").read_text())
-    assert m["n_problems"] == 12 and m["n_samples_per_problem"] == 6
-    assert list(m["pass_at_k"]) == ["1", "3"]
+    assert m["n_problems"] == 12 and m["critic"]["n_samples_per_problem"] == 6
+    assert set(m["rankers"]) == {"random", "majority", "majority_nostub", "embedding_mean", "mbr_exec", "codet",
+                                 "srank", "critic", "hybrid"}
+    assert list(m["rankers"]["codet"]["pass_at_k"]) == ["1", "3"] and list(m["critic"]["pass_at_k"]) == ["1", "3"]
     assert m["bootstrap"]["resamples"] == 300
+    assert m["rankers"]["critic"]["top1"]["value"] == pytest.approx(m["critic"]["critic_top1"]["value"])
+    assert m["rankers"]["random"]["top1"]["value"] == pytest.approx(m["critic"]["random_pass_at_1"]["value"])
+
+    def keys(d: dict) -> list[str]:
+        return [k for k in d] + [k2 for v in d.values() if isinstance(v, dict) for k2 in keys(v)]
+    assert "error" not in keys(m)  # DVC reads an `error` key as its own error marker
 
     def read(path: str) -> list[dict]:
         with (tmp_path / path).open(newline="") as f:
             return list(csv.DictReader(f))
 
-    assert [r["k"] for r in read("plots/rank/pass_at_k.csv")] == ["1", "3"]
+    curve = read("plots/rank/pass_at_k.csv")
+    assert [r["k"] for r in curve] == ["1", "3"] and {"srank", "srank_low", "srank_high", "oracle"} <= set(curve[0])
     assert read("plots/rank/roc.csv")[-1]["tpr"] == "1.0"
     assert sum(int(r["count"]) for r in read("plots/rank/calibration.csv")) == 72
     assert len(read("plots/rank/score_histogram.csv")) == 20
     table = read("reports/rank_problems.csv")
     assert [r["problem_id"] for r in table] == sorted(p.problem_id for p in problems)
-    assert np.mean([float(r["critic_hit"]) for r in table]) == pytest.approx(m["critic_top1"]["value"])
+    assert np.mean([float(r["critic_hit"]) for r in table]) == pytest.approx(m["critic"]["critic_top1"]["value"])
+    picks = read("reports/rank_picks.csv")
+    assert [r["problem_id"] for r in picks] == sorted(p.problem_id for p in problems)
+    assert np.mean([float(r["codet_hit"]) for r in picks]) == pytest.approx(m["rankers"]["codet"]["top1"]["value"])

@@ -140,6 +140,9 @@ class TrainParams:
     max_length: int = 384  # tokens of prompt + program; the prompt is cut first
     prompt_tokens: int = 128  # at most this many tokens of the prompt are kept
     features: list[str] = dataclasses.field(default_factory=lambda: ["consensus"])  # head only
+    # The hybrid critic (head, cross-fitted like the critic): the same training with these
+    # features, `execution` being what the probe stage saw each candidate do.
+    hybrid_features: list[str] = dataclasses.field(default_factory=lambda: ["consensus", "execution"])
     epochs: int = 30
     patience: int = 5  # epochs without a better validation AUROC before stopping
     batch_size: int = 64

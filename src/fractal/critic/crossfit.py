@@ -40,11 +40,17 @@ class CriticRun:
     config: dict  # what a scorer needs to rebuild the critic
 
 
-def run_key(params: TrainParams, problems: list[Problem], generations: list[Generation], labels: list[Label]) -> str:
-    """Identifies a training run by its params and data, so a rerun finds its checkpoints."""
+def run_key(params: TrainParams, problems: list[Problem], generations: list[Generation], labels: list[Label],
+            *arrays: np.ndarray | None) -> str:
+    """Identifies a training run by its params and data (and the given feature arrays: the
+    embeddings, the execution features), so a rerun finds its checkpoints and a changed
+    input never resumes from another run's."""
     h = hashlib.sha256(json.dumps(asdict(params), sort_keys=True).encode())
     for rec in (*problems, *generations, *labels):
         h.update(json.dumps(asdict(rec), sort_keys=True).encode())
+    for a in arrays:
+        if a is not None:
+            h.update(np.ascontiguousarray(a).tobytes())
     return h.hexdigest()[:16]
 
 
@@ -80,20 +86,23 @@ class Inputs:
 
 
 def build_inputs(config: dict, problem_of: dict[str, Problem], generations: list[Generation],
-                 cache_dir: str | Path) -> Inputs:
-    """Head: cached frozen embeddings (in `cache_dir`) turned into features; full / lora: token
-    ids, batched by length. Features of a candidate depend on every candidate of its problem
-    in `generations` (critic/features.py)."""
+                 cache_dir: str | Path | None, embeddings: np.ndarray | None = None,
+                 execution: np.ndarray | None = None) -> Inputs:
+    """Head: frozen embeddings (given, one row per generation, as the embed stage wrote them,
+    or computed with the cache in `cache_dir`) turned into features, with the `execution`
+    features where config["features"] asks for them; full / lora: token ids, batched by
+    length. Features of a candidate depend on every candidate of its problem in
+    `generations` (critic/features.py)."""
     if config["method"] not in METHODS:
         raise ParamsError(f"params.yaml: `train.method` is {config['method']!r}; choose {', '.join(METHODS)}")
     items = [critic_input(problem_of[g.problem_id], g) for g in generations]
     tokenizer = load_tokenizer(config["backbone"])
     if config["method"] == "head":
         n_tokens = [len(tokenizer.encode(it.code, add_special_tokens=False)) for it in items]
-        emb = embed(items, config["backbone"], config["max_length"], config["prompt_tokens"],
-                    config["embed_batch_size"], cache_dir)
+        emb = embeddings if embeddings is not None else embed(
+            items, config["backbone"], config["max_length"], config["prompt_tokens"], config["embed_batch_size"], cache_dir)
         x = torch.tensor(build_features(emb, [g.problem_id for g in generations], [it.code for it in items],
-                                        n_tokens, config["features"]))
+                                        n_tokens, config["features"], execution))
         return Inputs(Batches(make=lambda b: {"x": x[b]}), features=x)
 
     ids = [encode(tokenizer, it, config["max_length"], config["prompt_tokens"]) for it in items]
@@ -134,7 +143,11 @@ def build_model(config: dict, inputs: Inputs, fit: list[int] | None = None) -> t
 
 
 def fit_and_score(problems: list[Problem], generations: list[Generation], labels: list[Label],
-                  params: TrainParams, work_dir: str | Path) -> CriticRun:
+                  params: TrainParams, work_dir: str | Path, embeddings: np.ndarray | None = None,
+                  execution: np.ndarray | None = None) -> CriticRun:
+    """Cross-fits the critic `params` describe. `embeddings` (the embed stage's, one row per
+    generation) spare the encoder; `execution` (ranking.rankers.execution_features, one row
+    per generation) feeds the hybrid critic. Labels are read only as training targets."""
     torch.manual_seed(params.seed)
     work_dir = Path(work_dir)
     problem_of = {p.problem_id: p for p in problems}
@@ -151,8 +164,9 @@ def fit_and_score(problems: list[Problem], generations: list[Generation], labels
                        params.eval_splits, params.val_fraction, params.seed)
     device, precision, autocast = resolve_device(params.precision)
     config = critic_config(params, precision)
-    torch.set_num_threads(max(torch.get_num_threads(), 1))
-    inputs = build_inputs(config, problem_of, generations, work_dir.parent / "embeddings")
+    # A head is a tiny MLP: threads only add synchronisation (ruinous on a loaded machine).
+    torch.set_num_threads(1 if config["method"] == "head" else max(torch.get_num_threads(), 1))
+    inputs = build_inputs(config, problem_of, generations, work_dir.parent / "embeddings", embeddings, execution)
 
     results = []
     for fold in folds:

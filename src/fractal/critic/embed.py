@@ -81,3 +81,44 @@ def embed(items: list[CriticInput], backbone: str, max_length: int, prompt_token
         if shard_keys:
             _save_shard(cache_dir, shard_keys, np.concatenate(shard_vecs))
     return np.stack([cache[k] for k in keys])
+
+
+# The embed stage's output: one row per generation, in data/generations.jsonl order, so the
+# train and rank stages read them without the encoder (and DVC caches them once for every
+# experiment that keeps the backbone and truncation).
+VECTORS = "vectors.npy"
+INDEX = "index.json"
+
+
+def save_embeddings(out_dir: str | os.PathLike, vectors: np.ndarray, ids: list[tuple[str, int]], meta: dict) -> None:
+    """Writes out_dir/vectors.npy (float32, rows = ids) and out_dir/index.json (ids and meta)."""
+    import json
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out_dir / VECTORS) as tmp, tmp.open("wb") as f:
+        np.save(f, vectors.astype(np.float32))
+    with atomic_path(out_dir / INDEX) as tmp:
+        tmp.write_text(json.dumps({**meta, "rows": [list(i) for i in ids]}) + "\n")
+
+
+def load_embeddings(out_dir: str | os.PathLike, ids: list[tuple[str, int]], meta: dict | None = None) -> np.ndarray:
+    """The rows of out_dir's embeddings for `ids` (problem_id, sample), in that order; an
+    error naming the stage to rerun if one is missing or `meta` (backbone, truncation) differs."""
+    import json
+
+    out_dir = Path(out_dir)
+    try:
+        index = json.loads((out_dir / INDEX).read_text())
+        vectors = np.load(out_dir / VECTORS)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{out_dir}: no embeddings; run `dvc repro embed`") from None
+    for key, value in (meta or {}).items():
+        if index.get(key) != value:
+            raise ValueError(f"{out_dir}/{INDEX}: {key} is {index.get(key)!r}, params.yaml says {value!r}; "
+                             "run `dvc repro embed`")
+    row_of = {(pid, sample): r for r, (pid, sample) in enumerate(index["rows"])}
+    missing = [i for i in ids if tuple(i) not in row_of]
+    if missing:
+        raise ValueError(f"{out_dir}: no embedding for {missing[0][0]} sample {missing[0][1]}; run `dvc repro embed`")
+    return vectors[[row_of[tuple(i)] for i in ids]]
