@@ -14,6 +14,16 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator, TypeVar
 
+from fractal.errors import UserError
+
+
+class RecordError(UserError, ValueError):
+    """A line of a JSON Lines file that is not valid JSON or not the record it should be."""
+
+
+class MissingInput(UserError, FileNotFoundError):
+    """An input file that is not there (its stage has not run, or the path is wrong)."""
+
 
 @dataclasses.dataclass
 class Problem:
@@ -76,22 +86,34 @@ def read_jsonl(path: str | os.PathLike, cls: type[R] | None = None) -> list[Any]
     out = []
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file (has the stage that writes it run? try `dvc repro`)")
+        raise MissingInput(f"{path}: no such file (has the stage that writes it run? try `dvc repro`)")
     with path.open(encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
-                obj = json.loads(line)
+                obj = json.loads(line.rstrip("\r\n"))  # so that a column counts within the line
             except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+                raise RecordError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno}); fix or remove "
+                                  f"that line") from None
             if cls is not None:
+                if not isinstance(obj, dict):
+                    raise RecordError(f"{path}:{lineno}: not a {cls.__name__} record (a JSON object), got "
+                                      f"{type(obj).__name__}; fix or remove that line")
                 try:
                     obj = cls(**obj)
                 except TypeError as e:
-                    raise ValueError(f"{path}:{lineno}: not a {cls.__name__} record ({e})") from None
+                    fields = ", ".join(f.name for f in dataclasses.fields(cls))
+                    raise RecordError(f"{path}:{lineno}: not a {cls.__name__} record ({_why(e)}); its keys are "
+                                      f"{fields}") from None
             out.append(obj)
     return out
+
+
+def _why(e: TypeError) -> str:
+    # "Generation.__init__() got an unexpected keyword argument 'x'" -> "unexpected keyword argument 'x'"
+    text = str(e)
+    return text.split("() ", 1)[1] if "() " in text else text
 
 
 @contextlib.contextmanager

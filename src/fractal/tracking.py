@@ -35,18 +35,24 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from fractal.errors import UserError
+
 TRACKING_ENV = "FRACTAL_TRACKING"
 EXPERIMENT = "fractal"  # MLFLOW_EXPERIMENT_NAME overrides it
 CRITIC_MODEL = "critic"  # the registered model's name
 _TAG_VALUE_MAX = 5000
+STORE_PROBE_SECONDS = 3.0  # how long an MLflow server may take to answer before a stage refuses to start
 
 
-class TrackingError(RuntimeError):
+class TrackingError(UserError, RuntimeError):
     pass
 
 
@@ -85,6 +91,30 @@ def store_lock(root: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def check_store() -> None:
+    """Raises TrackingError at once when MLFLOW_TRACKING_URI names a server that does not
+    answer: a GET of its /health within STORE_PROBE_SECONDS (any HTTP answer, even an error
+    status, shows a server is there). Without it MLflow's client retries for minutes before
+    saying anything. A SQLite store needs no probe: open_store creates it."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
+    parts = urllib.parse.urlsplit(uri)
+    if parts.scheme not in ("http", "https"):
+        return
+    netloc = parts.hostname or ""  # credentials stay out of the request line and the message
+    netloc = f"[{netloc}]" if ":" in netloc else netloc
+    netloc += f":{parts.port}" if parts.port else ""
+    url = urllib.parse.urlunsplit((parts.scheme, netloc, parts.path.rstrip("/") + "/health", "", ""))
+    try:
+        urllib.request.urlopen(url, timeout=STORE_PROBE_SECONDS).close()
+    except urllib.error.HTTPError:
+        return
+    except (OSError, ValueError) as e:
+        reason = getattr(e, "reason", None) or e
+        raise TrackingError(f"MLFLOW_TRACKING_URI is {_safe_uri(uri)}, where no MLflow server answers within "
+                            f"{STORE_PROBE_SECONDS:g} s ({reason}); start the server, fix MLFLOW_TRACKING_URI, "
+                            f"or set {TRACKING_ENV}=off to run without MLflow") from None
 
 
 def open_store(root: Path) -> tuple[Any, str]:
@@ -284,6 +314,7 @@ def tracked(stage: str, run: Callable[[], int], executor: str = "local") -> int:
         return run()
     root = repo_root()
     try:
+        check_store()
         with store_lock(root):
             open_store(root)
     except TrackingError as e:

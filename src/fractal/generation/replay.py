@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 from fractal.generation.postprocess import CODET_STOP, build_program, cut_at_stop, stop_sequences
 from fractal.params import GenerateParams, ParamsError
-from fractal.records import Generation, Problem
+from fractal.records import Generation, Problem, RecordError
 
 FORMATS = ("codet", "samples", "bigcode", "multipl-e")
 
@@ -76,7 +76,7 @@ def _jsonl(path: Path) -> Iterator[tuple[int, Any]]:
             try:
                 yield lineno, json.loads(line)
             except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+                raise RecordError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
 
 
 def detect_format(path: Path) -> str:
@@ -93,10 +93,10 @@ def detect_format(path: Path) -> str:
             return "codet"
         if isinstance(obj, dict) and "task_id" in obj and ("completion" in obj or "solution" in obj):
             return "samples"
-        raise ValueError(f"{path}:{lineno}: not a known replay format: expected CodeT's {{prompt, samples}} or "
+        raise RecordError(f"{path}:{lineno}: not a known replay format: expected CodeT's {{prompt, samples}} or "
                          f"a samples.jsonl line {{task_id, completion | solution}}; set generate.replay_format "
                          f"to one of {', '.join(FORMATS)}")
-    raise ValueError(f"{path}: empty replay file")
+    raise RecordError(f"{path}: empty replay file")
 
 
 def _read_codet(path: Path) -> list[Recorded]:
@@ -104,7 +104,7 @@ def _read_codet(path: Path) -> list[Recorded]:
     for lineno, obj in _jsonl(path):
         if not (isinstance(obj, dict) and isinstance(obj.get("prompt"), str) and isinstance(obj.get("samples"), list)
                 and all(isinstance(s, str) for s in obj["samples"])):
-            raise ValueError(f"{path}:{lineno}: expected {{'prompt': str, 'samples': [str]}} (CodeT's format)")
+            raise RecordError(f"{path}:{lineno}: expected {{'prompt': str, 'samples': [str]}} (CodeT's format)")
         out.append(Recorded(prompt_key(obj["prompt"]), list(obj["samples"]), "completion", None, tuple(CODET_STOP)))
     return out
 
@@ -113,14 +113,14 @@ def _read_samples(path: Path) -> list[Recorded]:
     by_task: dict[str, Recorded] = {}
     for lineno, obj in _jsonl(path):
         if not isinstance(obj, dict) or not isinstance(obj.get("task_id"), str):
-            raise ValueError(f"{path}:{lineno}: expected {{'task_id': str, 'completion' or 'solution': str}}")
+            raise RecordError(f"{path}:{lineno}: expected {{'task_id': str, 'completion' or 'solution': str}}")
         # evalplus: a `solution` is the whole program and wins over a `completion`.
         style, text = ("program", obj["solution"]) if "solution" in obj else ("completion", obj.get("completion"))
         if not isinstance(text, str):
-            raise ValueError(f"{path}:{lineno}: `completion` or `solution` must be a string")
+            raise RecordError(f"{path}:{lineno}: `completion` or `solution` must be a string")
         rec = by_task.setdefault(task_key(obj["task_id"]), Recorded(task_key(obj["task_id"]), [], style))
         if rec.style != style:
-            raise ValueError(f"{path}:{lineno}: {obj['task_id']} mixes `solution` and `completion` lines")
+            raise RecordError(f"{path}:{lineno}: {obj['task_id']} mixes `solution` and `completion` lines")
         rec.samples.append(text)
     return list(by_task.values())
 
@@ -130,12 +130,12 @@ def _read_bigcode(path: Path) -> list[Recorded]:
         try:
             data = json.load(f)
         except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+            raise RecordError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
     if not isinstance(data, list):
-        raise ValueError(f"{path}: expected a JSON list (one per problem) of lists of programs")
+        raise RecordError(f"{path}: expected a JSON list (one per problem) of lists of programs")
     for i, programs in enumerate(data):
         if not isinstance(programs, list) or not all(isinstance(s, str) for s in programs):
-            raise ValueError(f"{path}: item {i} (problem {i} in task order) must be a list of program strings")
+            raise RecordError(f"{path}: item {i} (problem {i} in task order) must be a list of program strings")
     return [Recorded(f"#{i}", list(programs), "program") for i, programs in enumerate(data)]
 
 
@@ -144,9 +144,9 @@ def _read_multipl_e_file(path: Path) -> Recorded:
         try:
             obj = json.load(f)
         except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+            raise RecordError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
     if not isinstance(obj, dict) or not isinstance(obj.get("prompt"), str) or not isinstance(obj.get("completions"), list):
-        raise ValueError(f"{path}: expected MultiPL-E's {{'name', 'prompt', 'stop_tokens', 'completions'}}")
+        raise RecordError(f"{path}: expected MultiPL-E's {{'name', 'prompt', 'stop_tokens', 'completions'}}")
     samples: list[str] = []
     for i, c in enumerate(obj["completions"]):
         if isinstance(c, str):
@@ -154,7 +154,7 @@ def _read_multipl_e_file(path: Path) -> Recorded:
         elif isinstance(c, dict) and isinstance(c.get("text"), str):  # the compact layout: one per distinct text
             samples.extend([c["text"]] * int(c.get("count", 1)))
         else:
-            raise ValueError(f"{path}: completions[{i}] must be a string or {{'text': str, 'count': int}}")
+            raise RecordError(f"{path}: completions[{i}] must be a string or {{'text': str, 'count': int}}")
     key = task_key(obj["name"]) if isinstance(obj.get("name"), str) else prompt_key(obj["prompt"])
     return Recorded(key, samples, "completion", obj["prompt"], tuple(obj.get("stop_tokens") or ()))
 
@@ -164,7 +164,7 @@ def _read_multipl_e(path: Path) -> list[Recorded]:
         p for p in path.iterdir()
         if p.is_file() and p.name.endswith((".json", ".json.gz")) and ".results." not in p.name)
     if not files:
-        raise ValueError(f"{path}: no MultiPL-E completion files (*.json, *.json.gz) in this folder")
+        raise RecordError(f"{path}: no MultiPL-E completion files (*.json, *.json.gz) in this folder")
     return [_read_multipl_e_file(p) for p in files]
 
 

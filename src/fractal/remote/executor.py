@@ -57,8 +57,8 @@ def run_stage(stage: str, argv: list[str]) -> int:
     except ConfigError as e:
         print(f"fractal run: {e}", file=sys.stderr)
         return 2
-    if executor == "local":
-        return subprocess.call(stage_command(stage, argv, sys.executable))
+    if executor == "local":  # through fractal.stage: an error the user can fix prints one line, not a traceback
+        return subprocess.call([sys.executable, "-m", "fractal.stage", f"stages/{stage}.py", *argv])
     configure_logging()
     try:
         with interrupts_raise():
