@@ -97,7 +97,7 @@ CASES = [
          (("fit_splits: [train, validation]", "fit_splits: [trian, validation]"),)),
     Case("train.backbone: ./models/none (a missing directory)", "`train.backbone`",
          (("backbone: minilm ", "backbone: ./models/none "),)),
-    Case("rank.ks: [0, 1]", "`rank.ks`", (("ks: [1, 2, 3, 5, 10, 20, 50, 100]", "ks: [0, 1]"),)),
+    Case("rank.ks: [0, 1]", "`rank.ks`", (("ks: auto ", "ks: [0, 1] "),)),
     Case("label.timeout_cap: 0.1 (below the floor)", "`label.timeout_cap`", (("timeout_cap: 10.0", "timeout_cap: 0.1"),)),
 ]
 
