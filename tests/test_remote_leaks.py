@@ -224,7 +224,8 @@ def test_on_instance_autostop_terminates_an_idle_instance_without_the_laptop(lam
     rc, out = run_fractal(["fractal", "run", "toy"], lambda_repo.path)
     assert rc == 0, out
     assert "autostop" in out and lambda_double.api_key not in out
-    [instance_id] = lambda_double.running()
+    assert "still running: `fractal lambda terminate" in out  # kept: the run did not terminate it
+    [instance_id] = list(lambda_double.instances)
     # the laptop "sleeps": no fractal command, no watchdog (lambda.watchdog is false here)
     assert wait_until(lambda: lambda_double.running() == [], timeout=40), "the instance did not stop itself"
     log = (lambda_repo.remote_root / "autostop" / instance_id / "log").read_text()
@@ -324,18 +325,24 @@ def test_fault_injection_over_every_path_leaves_nothing_running(client, key_name
                     raise KeyboardInterrupt
                 return result
             LambdaClient.launch = patched
-            if point == "during the registry write":
-                LambdaClient.launch = real_launch
+            if point == "during the registry write":  # the write of the record after the launch answered
                 original = Registry.locked
 
-                def locked_then_interrupt(self):
-                    Registry.locked = original
-                    raise KeyboardInterrupt
-                Registry.locked = locked_then_interrupt
+                def patched_launch(self, *a, **kw):
+                    result = real_launch(self, *a, **kw)
+
+                    def locked_then_interrupt(registry):
+                        Registry.locked = original
+                        raise KeyboardInterrupt
+                    Registry.locked = locked_then_interrupt
+                    return result
+                LambdaClient.launch = patched_launch
+        original_locked = Registry.locked
         try:
             attempt(f"Ctrl-C/SIGTERM {point}", interrupt)
         finally:
             LambdaClient.launch = real_launch
+            Registry.locked = original_locked
 
     def turn(status: str):
         real_instance = LambdaClient.instance

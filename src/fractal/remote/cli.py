@@ -99,15 +99,17 @@ def _guarded(handler: Any) -> Any:
 
         configure_logging()
         try:
+            # First, so a command's own last line (sync's remote directory) stays last; not for
+            # status (it shows cost per instance), ssh-config (its output is a config file),
+            # double and watchdog (they talk to no account or run unattended).
+            if args.lambda_command not in ("status", "ssh-config", "double", "watchdog"):
+                _print_billing()
             return handler(args)
         except (LambdaAPIError, ConfigError, RemoteError) as e:
             print(f"fractal lambda {args.lambda_command}: {e}", file=sys.stderr)
             return 1
         except KeyboardInterrupt:
             return 130
-        finally:
-            if args.lambda_command not in ("status", "double", "watchdog"):  # status prints it per instance
-                _print_billing()
     return run
 
 
@@ -235,6 +237,9 @@ def _wait(args: argparse.Namespace, ctx: _Context | None = None) -> int:
     inst = wait_ready(ctx.client, inst.id, timeout, ctx.settings.poll_seconds)
     target = ctx.target(inst)
     wait_reachable(target, time.monotonic() + timeout)
+    if ctx.settings.autostop_minutes and inst.id in ctx.registry.read():
+        from fractal.remote.lambda_run import install_autostop
+        install_autostop(target, ctx.cfg.remote, ctx.settings, inst.id, ctx.client.base_url)
     print(f"{inst.id} is active at {inst.ip}; `fractal lambda ssh {inst.id[:8]}` to log in", file=sys.stderr)
     return 0
 
