@@ -412,7 +412,9 @@ def _double(args: argparse.Namespace) -> int:
     with LoopbackSSHD(workdir / "sshd", [public_key]) as sshd, \
             LambdaDouble({api_key}, boot_seconds=args.boot_seconds, request_rate=rate,
                          launch_interval=interval) as double:
-        setup = "pip install --no-deps --no-build-isolation --no-index --quiet ."
+        # The venv's own bundled setuptools (ensurepip's) shadows the system's newer one and
+        # cannot build a wheel without `wheel`; removed, the system's builds the project offline.
+        setup = "pip uninstall -y -q setuptools || true; pip install --no-deps --no-build-isolation --no-index -q ."
         print("\n".join([
             "A local stand-in for Lambda is running (Ctrl-C stops it). In another shell:",
             f"  export FRACTAL_LAMBDA_API_URL={double.url}",
