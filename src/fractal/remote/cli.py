@@ -405,7 +405,7 @@ def _double(args: argparse.Namespace) -> int:
     def stop(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
 
-    for s in (signal.SIGTERM, signal.SIGHUP):
+    for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGINT too: a shell's `cmd &` starts it ignored
         signal.signal(s, stop)
     rate = 0.0 if args.no_rate_limits else REAL_REQUEST_RATE
     interval = 0.0 if args.no_rate_limits else REAL_LAUNCH_INTERVAL
