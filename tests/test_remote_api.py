@@ -86,12 +86,27 @@ def test_429_gives_up_after_the_last_try(lambda_double):
 
 
 def test_other_errors_are_not_retried(lambda_double):
+    """A POST is not retried on a 5xx (a launch that did happen would bill twice); a GET is."""
     c = client(lambda_double, sleep=lambda s: pytest.fail("slept on a non-429 error"))
-    lambda_double.inject("GET", "/instances", 503, code="provider/internal-unavailable")
+    lambda_double.inject("POST", "/instance-operations/terminate", 503, code="provider/internal-unavailable")
+    with pytest.raises(LambdaAPIError) as e:
+        c.terminate(["0" * 32])
+    assert e.value.code == "provider/internal-unavailable" and "retry in a few minutes" in str(e.value)
+    assert len([p for m, p, s in lambda_double.requests if p.endswith("/terminate")]) == 1
+
+
+def test_a_get_is_retried_after_no_answer_or_a_gateway_page(lambda_double):
+    waits: list[float] = []
+    c = client(lambda_double, retry=Retry(first_wait=0.01, jitter=0), sleep=waits.append, timeout=0.5)
+    lambda_double.inject("GET", "/instances", 0)  # the connection closes without an answer
+    lambda_double.inject("GET", "/instances", 502, html=True)
+    lambda_double.slow("GET", "/instances", 1.0)  # longer than the client's timeout
+    assert c.instances() == []
+    assert len(waits) == 3
+    lambda_double.inject("GET", "/instances", 502, html=True, times=10)
     with pytest.raises(LambdaAPIError) as e:
         c.instances()
-    assert e.value.code == "provider/internal-unavailable" and "retry in a few minutes" in str(e.value)
-    assert len([p for m, p, s in lambda_double.requests if p.endswith("/instances")]) == 1
+    assert e.value.code == "fractal/unexpected-response" and e.value.status == 502
 
 
 def test_launch_rate_limit_answers_429_and_the_client_waits_it_out(lambda_double):
@@ -149,7 +164,7 @@ def test_invalid_key_message_names_the_source_never_the_key(lambda_double):
 
 
 def test_unreachable_api_is_a_clear_error():
-    c = LambdaClient("k", "http://127.0.0.1:9/api/v1", timeout=2)
+    c = LambdaClient("k", "http://127.0.0.1:9/api/v1", timeout=2, retry=Retry(tries=2, first_wait=0.01))
     with pytest.raises(LambdaAPIError) as e:
         c.instances()
     assert e.value.code == "fractal/unreachable" and "FRACTAL_LAMBDA_API_URL" in str(e.value)

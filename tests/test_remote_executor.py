@@ -253,3 +253,22 @@ def test_remote_environment_is_set_up_once_and_a_broken_setup_is_explained(lambd
     rc, out = run_fractal(["fractal", "lambda", "terminate", "--all"], lambda_repo.path)
     assert rc == 0
     assert wait_until(lambda: lambda_double.running() == [])
+
+
+def test_mlflow_records_what_the_lambda_stage_cost(lambda_repo, lambda_double):
+    """Issue 12 item 8: instance type, region, id, seconds billed and cost of a Lambda stage."""
+    from mlflow.tracking import MlflowClient
+
+    from fractal.tracking import tracking_uri
+
+    rc, out = run_fractal(["fractal", "run", "toy"], lambda_repo.path)
+    assert rc == 0, out
+    [launched] = list(lambda_double.instances)
+    client = MlflowClient(tracking_uri(lambda_repo.path))
+    [run] = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])
+             if r.data.tags.get("fractal.stage") == "toy"]
+    tags, metrics = run.data.tags, run.data.metrics
+    assert tags["fractal.executor"] == "lambda" and tags["lambda.instance_id"] == launched
+    assert tags["lambda.instance_type"] == "gpu_1x_a100_sxm4" and tags["lambda.region"] == "us-west-1"
+    assert 0 < metrics["lambda.seconds_billed"] < 600
+    assert metrics["lambda.cost_usd"] == pytest.approx(1.29 * metrics["lambda.seconds_billed"] / 3600, abs=1e-4)

@@ -95,7 +95,7 @@ def test_acquire_launches_then_a_kept_instance_is_reused(client, lambda_double, 
     registry = Registry()
     first = acquire(client, s, registry)
     assert first.launched and first.instance.ready and first.instance.type_name == "gpu_1x_a10"
-    assert registry.read()[first.instance.id]["lease"]["pid"] == os.getpid()
+    assert [h["pid"] for h in registry.read()[first.instance.id]["holders"].values()] == [os.getpid()]
     release(client, first, registry)
     assert lambda_double.running() == [first.instance.id]  # kept
     second = acquire(client, s, registry)

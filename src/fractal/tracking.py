@@ -323,7 +323,7 @@ def tracked(stage: str, run: Callable[[], int], executor: str = "local") -> int:
     start = time.time()
     rc = run()
     try:
-        run_id = record_stage(stage, rc, start, time.time(), executor)
+        run_id = record_stage(stage, rc, start, time.time(), executor, billing=_lambda_billing(executor))
         print(f"fractal run: {stage} recorded in MLflow run {run_id} ({_safe_uri(tracking_uri(root))})", file=sys.stderr)
     except Exception as e:  # the outputs are written: losing the record must not lose them
         print(f"fractal run: warning: {stage} ran but could not be recorded in MLflow "
@@ -331,7 +331,17 @@ def tracked(stage: str, run: Callable[[], int], executor: str = "local") -> int:
     return rc
 
 
-def record_stage(stage: str, rc: int, start: float, end: float, executor: str = "local") -> str:
+def _lambda_billing(executor: str) -> Any:
+    """What the stage's Lambda instance cost (set by fractal.remote.lambda_run in this process)."""
+    if executor != "lambda":
+        return None
+    from fractal.remote import lambda_run
+    return lambda_run.last_billing
+
+
+def record_stage(stage: str, rc: int, start: float, end: float, executor: str = "local", billing: Any = None) -> str:
+    """`billing` (a fractal.remote.lambda_run.Billing) adds the tags lambda.instance_type,
+    lambda.region, lambda.instance_id and the metrics lambda.seconds_billed, lambda.cost_usd."""
     from mlflow.entities import Metric, Param
 
     cwd = Path.cwd()
@@ -344,6 +354,11 @@ def record_stage(stage: str, rc: int, start: float, end: float, executor: str = 
             **{f"dvc.dep.{p}": h for p, h in record.deps.items()},
             **{f"dvc.out.{p}": h for p, h in record.outs.items()}}
     ms = int(end * 1000)
+    if billing is not None:
+        tags.update({"lambda.instance_type": billing.instance_type, "lambda.region": billing.region,
+                     "lambda.instance_id": billing.instance_id})
+        record.metrics.update({"lambda.seconds_billed": round(billing.seconds, 1),
+                               "lambda.cost_usd": round(billing.cost_usd, 4)})
     with store_lock(root):
         client, exp_id = open_store(root)
         parent = _parent_run(client, exp_id, key, command, lineage, int(start * 1000))

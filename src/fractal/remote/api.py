@@ -2,8 +2,9 @@
 
 Every success is {"data": ...}; every error is {"error": {"code", "message", "suggestion"?}}
 and is raised as LambdaAPIError, whose text says what to do. Only HTTP 429 is retried (with
-backoff): launch is rate-limited to about one call per 12 s and a retried launch that had
-in fact succeeded would bill twice, so nothing else is retried behind the caller's back.
+backoff), and a GET (which changes nothing) is also retried when no answer came or a 5xx
+did; a POST is not: a retried launch that had in fact succeeded would bill twice, so the
+caller decides (instances.launch looks for the instance by name instead).
 
 The API key is read from LAMBDA_API_KEY or ~/.lambda_cloud/lambda_keys and is never
 printed, logged or put in an exception; only where it came from is ever shown.
@@ -11,6 +12,7 @@ printed, logged or put in an exception; only where it came from is ever shown.
 from __future__ import annotations
 
 import dataclasses
+import http.client
 import json
 import logging
 import os
@@ -164,6 +166,7 @@ class LambdaClient:
         data = None if body is None else json.dumps(body).encode()
         wait = self.retry.first_wait
         for attempt in range(1, self.retry.tries + 1):
+            last = attempt == self.retry.tries
             req = urllib.request.Request(self.base_url + path, data=data, method=method)
             req.add_header("Authorization", f"Bearer {self._key}")
             req.add_header("Accept", "application/json")
@@ -176,22 +179,30 @@ class LambdaClient:
                 raw = e.read()
                 status = e.code
                 retry_after = e.headers.get("Retry-After") if e.headers else None
-            except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
+            except (urllib.error.URLError, TimeoutError, ConnectionError, http.client.HTTPException) as e:
                 reason = getattr(e, "reason", e)
+                if method == "GET" and not last:
+                    self._pause(wait, None, call, attempt, f"no answer ({reason})")
+                    wait *= self.retry.factor
+                    continue
                 raise LambdaAPIError("fractal/unreachable", f"cannot reach {self.base_url} ({reason}); check "
                                      f"the network or {API_URL_ENV}", status=None, call=call) from None
-            if status == 429 and attempt < self.retry.tries:
-                pause = min(wait, self.retry.max_wait)
-                if retry_after and retry_after.strip().isdigit():
-                    pause = max(pause, float(retry_after))
-                pause *= 1 + random.uniform(0, self.retry.jitter)
-                log.info("Lambda API throttled %s (HTTP 429); retrying in %.1f s (try %d of %d)",
-                         call, pause, attempt + 1, self.retry.tries)
-                self._sleep(pause)
+            if (status == 429 or (method == "GET" and status >= 500)) and not last:
+                self._pause(wait, retry_after, call, attempt, f"HTTP {status}")
                 wait *= self.retry.factor
                 continue
             return self._payload(status, raw, call)
         raise AssertionError("unreachable")  # the loop returns or raises on its last try
+
+    def _pause(self, wait: float, retry_after: str | None, call: str, attempt: int, why: str) -> None:
+        pause = min(wait, self.retry.max_wait)
+        if retry_after and retry_after.strip().isdigit():
+            pause = max(pause, float(retry_after))
+        pause *= 1 + random.uniform(0, self.retry.jitter)
+        verb = "throttled" if why == "HTTP 429" else "failed"
+        log.info("Lambda API %s %s (%s); retrying in %.1f s (try %d of %d)", verb, call, why, pause, attempt + 1,
+                 self.retry.tries)
+        self._sleep(pause)
 
     def _payload(self, status: int, raw: bytes, call: str) -> Any:
         try:

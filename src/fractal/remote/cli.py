@@ -82,7 +82,9 @@ def add_lambda_parser(sub: Any) -> None:
 
     c = cmds.add_parser("double", help="run a local stand-in for Lambda (API + loopback sshd) until Ctrl-C")
     c.add_argument("--boot-seconds", type=float, default=5.0)
-    c.add_argument("--dir", help="where to keep the double's sshd config and keys (default: a temp dir)")
+    c.add_argument("--dir", help="where to keep the double's sshd config and keys (created; default: a temp dir)")
+    c.add_argument("--no-rate-limits", action="store_true", help="answer as fast as asked (Lambda allows about "
+                   "1 request/s and 1 launch per 12 s)")
     c.set_defaults(func=_guarded(_double))
 
 
@@ -97,6 +99,11 @@ def _guarded(handler: Any) -> Any:
 
         configure_logging()
         try:
+            # First, so a command's own last line (sync's remote directory) stays last; not for
+            # status (it shows cost per instance), ssh-config (its output is a config file),
+            # double and watchdog (they talk to no account or run unattended).
+            if args.lambda_command not in ("status", "ssh-config", "double", "watchdog"):
+                _print_billing()
             return handler(args)
         except (LambdaAPIError, ConfigError, RemoteError) as e:
             print(f"fractal lambda {args.lambda_command}: {e}", file=sys.stderr)
@@ -104,6 +111,35 @@ def _guarded(handler: Any) -> Any:
         except KeyboardInterrupt:
             return 130
     return run
+
+
+def _print_billing() -> None:
+    """The last line of every `fractal lambda` command: what bills now and what it cost so far."""
+    from fractal.remote.instances import Registry, client_for
+    from fractal.remote.config import load_config
+
+    try:
+        client = client_for(load_config().lambda_)
+        line = billing_summary(client.instances(), Registry().read())
+    except Exception as e:  # noqa: BLE001 (a summary must never turn a success into a failure)
+        line = f"could not list what bills now ({str(e)[:300]})"
+    print(f"fractal lambda: {line}", file=sys.stderr)
+
+
+def billing_summary(instances: list[Any], ours: dict[str, Any], now: float | None = None) -> str:
+    """'N instance(s) billing, $X so far, $Y/h together', counting cost so far for those
+    fractal launched (the API does not say when an instance was launched)."""
+    now = time.time() if now is None else now
+    live = [i for i in instances if not i.gone]
+    if not live:
+        return "no instances running: nothing is billing"
+    per_hour = sum(i.price_cents_per_hour for i in live) / 100
+    known = [i for i in live if i.id in ours]
+    so_far = sum(i.price_cents_per_hour / 100 * (now - ours[i.id]["launched_at"]) / 3600 for i in known)
+    text = f"{len(live)} instance(s) billing, ${per_hour:.2f}/h together; ${so_far:.2f} so far"
+    if len(known) < len(live):
+        text += f" for fractal's {len(known)} (the other {len(live) - len(known)}: not launched by fractal, cost unknown)"
+    return text + "; `fractal lambda status` lists them"
 
 
 class _Context:
@@ -201,6 +237,9 @@ def _wait(args: argparse.Namespace, ctx: _Context | None = None) -> int:
     inst = wait_ready(ctx.client, inst.id, timeout, ctx.settings.poll_seconds)
     target = ctx.target(inst)
     wait_reachable(target, time.monotonic() + timeout)
+    if ctx.settings.autostop_minutes and inst.id in ctx.registry.read():
+        from fractal.remote.lambda_run import install_autostop
+        install_autostop(target, ctx.cfg.remote, ctx.settings, inst.id, ctx.client.base_url)
     print(f"{inst.id} is active at {inst.ip}; `fractal lambda ssh {inst.id[:8]}` to log in", file=sys.stderr)
     return 0
 
@@ -226,37 +265,45 @@ def _ssh_config(args: argparse.Namespace) -> int:
 
 
 def _ssh(args: argparse.Namespace) -> int:
-    from fractal.remote.instances import touch
+    """ssh runs as a child, not in place of this process: the session holds the instance for
+    as long as it lasts (the idle limit cannot end it), and lets go when it ends."""
+    import signal
+    import subprocess
+
+    from fractal.remote.instances import holding
 
     ctx = _Context()
     inst = ctx.instance(args.instance)
     target = ctx.target(inst)
-    touch(ctx.registry, inst.id)
     command = [c for c in args.command if c != "--"]
     argv = ["ssh", *target.ssh_args(), "-o", "BatchMode=no", target.destination(), *command]
     sys.stdout.flush()
-    os.execvp("ssh", argv)
-    return 0  # not reached: exec replaces this process
+    with holding(ctx.registry, inst.id, "ssh"):
+        old = signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C belongs to the remote shell
+        try:
+            return subprocess.call(argv)
+        finally:
+            signal.signal(signal.SIGINT, old)
 
 
 def _sync(args: argparse.Namespace) -> int:
     from fractal.remote.dvcfile import StageSpec, load_stage
     from fractal.remote.executor import RemoteRun
 
-    from fractal.remote.instances import touch
+    from fractal.remote.instances import holding
 
     ctx = _Context()
     inst = ctx.instance(args.instance)
     target = ctx.target(inst)
-    touch(ctx.registry, inst.id)
     spec = load_stage(args.stage) if args.stage else StageSpec(name="", deps=[], outs=[])
     run = RemoteRun(target, ctx.cfg.remote, spec, args.stage or "sync", [])
-    run.conn = target.connect()
-    try:
-        run.prepare()
-        run.push()
-    finally:
-        run.conn.close()
+    with holding(ctx.registry, inst.id, "sync"):
+        run.conn = target.connect()
+        try:
+            run.prepare()
+            run.push()
+        finally:
+            run.conn.close()
     print(run.work)
     return 0
 
@@ -272,6 +319,7 @@ def _status(args: argparse.Namespace) -> int:
         print("no instances running: nothing is billing")
         return 0
     now = time.time()
+    from fractal.remote.instances import _holder_alive, holders
     print(f"{'id':<10} {'name':<24} {'type':<20} {'region':<14} {'status':<9} {'ip':<15} {'uptime':>9} "
           f"{'cost':>8}  note")
     per_hour = 0.0
@@ -281,9 +329,11 @@ def _status(args: argparse.Namespace) -> int:
         if entry:
             up = now - entry["launched_at"]
             uptime, cost = _duration(up), f"${i.price_cents_per_hour / 100 * up / 3600:.2f}"
-            note = "kept" if entry.get("keep") else "launched by a run"
-            if entry.get("lease"):
-                note += f", in use by pid {entry['lease']['pid']}"
+            note = ("adopted (fractal's tags, its record was lost)" if entry.get("adopted")
+                    else "kept" if entry.get("keep") else "launched by a run")
+            users = [h for h in holders(entry).values() if _holder_alive(h)]
+            if users:
+                note += ", in use by " + ", ".join(f"{h.get('what', 'run')} (pid {h['pid']})" for h in users)
             elif entry.get("idle_minutes"):
                 left = entry["idle_minutes"] - (now - entry["last_used"]) / 60
                 note += f", idle; terminated in {max(left, 0):.0f} min"
@@ -291,12 +341,14 @@ def _status(args: argparse.Namespace) -> int:
             uptime, cost, note = "?", "?", "not launched by fractal (no limits apply)"
         print(f"{i.id[:8]:<10} {i.name[:24]:<24} {i.type_name:<20} {i.region:<14} {i.status:<9} {i.ip or '-':<15} "
               f"{uptime:>9} {cost:>8}  {note}")
-    print(f"warning: {len(instances)} instance(s) billing, ${per_hour:.2f}/h together; "
-          "`fractal lambda terminate ID` (or --all for fractal's) stops them", file=sys.stderr)
+    print(f"warning: {billing_summary(instances, ours, now)}; `fractal lambda terminate ID` (or --all for "
+          "fractal's) stops them", file=sys.stderr)
     return 0
 
 
 def _terminate(args: argparse.Namespace) -> int:
+    """Goes on past errors (terminate() retries each with backoff) and ends with what is still
+    running; the exit code is 1 if anything fractal was asked to stop still runs."""
     from fractal.remote.instances import terminate
     from fractal.remote.ssh import RemoteError
 
@@ -304,13 +356,29 @@ def _terminate(args: argparse.Namespace) -> int:
     if args.all == bool(args.instances):
         raise RemoteError("name instances to terminate, or --all for every instance fractal launched")
     if args.all:
-        ids = list(ctx.registry.read())
+        try:
+            ctx.reap()  # also adopts fractal's instances the registry lost
+        except Exception as e:  # noqa: BLE001 (terminate what is recorded even if listing fails)
+            print(f"fractal lambda terminate: could not check the limits first ({e})", file=sys.stderr)
+        ids = [k for k, e in ctx.registry.read().items() if not e.get("pending")]
     else:
         ids = [ctx.instance(r).id for r in args.instances]
-    terminate(ctx.client, ids, ctx.registry, "asked by `fractal lambda terminate`")
+    left = terminate(ctx.client, ids, ctx.registry, "asked by `fractal lambda terminate`")
     for instance_id in ids:
-        print(f"terminated {instance_id}")
-    return 0
+        if instance_id not in left:
+            print(f"terminated {instance_id}")
+    if not left:
+        print("nothing fractal launched is running" if args.all else "all named instances are terminating")
+        return 0
+    ours = ctx.registry.read()
+    print(f"still running ({len(left)}): run `fractal lambda terminate --all` again, or terminate them in "
+          "Lambda's console (https://cloud.lambda.ai/instances)")
+    print(f"  {'id':<34} {'name':<24} {'type':<20} {'$/h':>6}")
+    for instance_id in left:
+        e = ours.get(instance_id, {})
+        print(f"  {instance_id:<34} {e.get('name', '?')[:24]:<24} {e.get('type', '?'):<20} "
+              f"{e.get('price_cents_per_hour', 0) / 100:>6.2f}")
+    return 1
 
 
 def _watchdog(args: argparse.Namespace) -> int:
@@ -319,31 +387,51 @@ def _watchdog(args: argparse.Namespace) -> int:
 
 
 def _double(args: argparse.Namespace) -> int:
+    """The double with the real API's rate limits, its sshd a child that dies with it (Ctrl-C,
+    SIGTERM, SIGHUP or kill -9), and settings under which the remote side installs the project
+    the way `pip install .` does on a real instance (offline: no build isolation, no deps)."""
     import secrets
+    import signal
     import tempfile
     from pathlib import Path
 
-    from fractal.remote.double import LambdaDouble, LoopbackSSHD, make_keypair
+    from fractal.remote.double import REAL_LAUNCH_INTERVAL, REAL_REQUEST_RATE, LambdaDouble, LoopbackSSHD, make_keypair
 
-    workdir = Path(args.dir or tempfile.mkdtemp(prefix="fractal-double-"))
+    workdir = Path(args.dir or tempfile.mkdtemp(prefix="fractal-double-")).resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
     key, public_key = make_keypair(workdir, "client_ed25519")
     api_key = "double-" + secrets.token_hex(8)
+
+    def stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGINT too: a shell's `cmd &` starts it ignored
+        signal.signal(s, stop)
+    rate = 0.0 if args.no_rate_limits else REAL_REQUEST_RATE
+    interval = 0.0 if args.no_rate_limits else REAL_LAUNCH_INTERVAL
     with LoopbackSSHD(workdir / "sshd", [public_key]) as sshd, \
-            LambdaDouble({api_key}, boot_seconds=args.boot_seconds) as double:
+            LambdaDouble({api_key}, boot_seconds=args.boot_seconds, request_rate=rate,
+                         launch_interval=interval) as double:
+        # The venv's own bundled setuptools (ensurepip's) shadows the system's newer one and
+        # cannot build a wheel without `wheel`; removed, the system's builds the project offline.
+        setup = "pip uninstall -y -q setuptools || true; pip install --no-deps --no-build-isolation --no-index -q ."
         print("\n".join([
             "A local stand-in for Lambda is running (Ctrl-C stops it). In another shell:",
             f"  export FRACTAL_LAMBDA_API_URL={double.url}",
             f"  export LAMBDA_API_KEY={api_key}   # the double's own key, not a Lambda one",
             f"  export FRACTAL_HOME={workdir / 'home'}",
             "and in .fractal/executor.yaml:",
-            f"  lambda: {{ssh_user: {sshd.user}, ssh_port: {sshd.port}, ssh_key: {key}, poll_seconds: 1}}",
-            "  remote: {root: " + str(workdir / "remote") + ", python: " + sys.executable + ", setup: ''}",
+            f"  lambda: {{ssh_user: {sshd.user}, ssh_port: {sshd.port}, ssh_key: {key}, poll_seconds: 1, "
+            "retry_seconds: 1}",
+            "  remote: {root: " + str(workdir / "remote") + ", python: " + sys.executable + ", setup: '"
+            + setup + "'}",
+            f"(rate limits as Lambda's: {rate:g} request/s, one launch per {interval:g} s; --no-rate-limits "
+            "turns them off)",
         ]), flush=True)
         try:
             while True:
                 time.sleep(3600)
         except KeyboardInterrupt:
             left = double.running()
-            print(f"\nstopping the double ({len(left)} instance(s) were still running in it)")
+            print(f"\nstopping the double ({len(left)} instance(s) were still running in it)", flush=True)
     return 0
-

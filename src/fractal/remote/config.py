@@ -67,6 +67,10 @@ class LambdaSettings:
     watchdog: bool = True  # a background process that applies the idle/age limits while instances live
     watchdog_seconds: float = 60.0  # how often it checks
     name_prefix: str = "fractal"  # instances are named <prefix>-<user>-<random>
+    # On-instance autostop (0: off). Opt-in because it copies the API key to the instance:
+    # a process there terminates the instance after this long without a stage running, even
+    # while this machine sleeps (docs/lambda.md, "What keeps instances from billing").
+    autostop_minutes: float = 0.0
 
 
 @dataclasses.dataclass
@@ -77,6 +81,8 @@ class RemoteSettings:
     env: list[str] = dataclasses.field(default_factory=list)  # local variables passed to remote stages
     reconnect_minutes: float = 10.0  # keep trying to reattach to a running stage for this long
     compress: bool = True  # rsync -z (worth it over the internet, not on a LAN)
+    keepalive_seconds: float = 15.0  # a connection silent this long is probed; no answer in as long: dropped
+    setup_timeout_minutes: float = 60.0  # remote.setup (and anything else one command runs) gives up after this
 
 
 @dataclasses.dataclass

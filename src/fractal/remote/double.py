@@ -3,12 +3,22 @@
 
 Tests, the benchmark and `fractal lambda double` (a dry run of a pipeline's remote stages
 without spending money) use it. The API part keeps the documented envelopes, statuses
-(booting -> active, terminating -> terminated), error codes and HTTP statuses, and answers
-429 when asked to (inject) or when launches come faster than the documented rate.
+(booting -> active, terminating -> terminated; `unhealthy` and `preempted` on request),
+error codes and HTTP statuses, and misbehaves as the real API does:
+- rate limits: HTTP 429 (no body) when calls come faster than `request_rate` per second
+  (a token bucket of `request_burst`) or launches faster than one per `launch_interval` s;
+  the real values are about 1/s and 12 s (REAL_REQUEST_RATE, REAL_LAUNCH_INTERVAL), off by
+  default so tests stay fast;
+- terminating an instance that is already terminating answers `global/unknown` (HTTP 500,
+  "An unknown error occurred."), as SkyPilot PR #3410 saw; the doc is silent on the status;
+- `inject` answers the next calls slowly, with a 5xx gateway page instead of the JSON
+  envelope, or not at all (connection closed), before or *after* the call took effect: a
+  launch whose response is lost still bills, as on the real API.
 """
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import http.server
 import json
@@ -29,15 +39,21 @@ DEFAULT_TYPES = {
     "gpu_8x_h100_sxm5": ("8x H100 (80 GB SXM5)", 2392, []),
 }
 REGIONS = {"us-west-1": "California, USA", "us-east-1": "Virginia, USA", "europe-central-1": "Germany"}
+REAL_REQUEST_RATE = 1.0  # requests per second (shared/docs/lambda-cloud-api.md: "about 1 request/s")
+REAL_LAUNCH_INTERVAL = 12.0  # seconds between launches ("launch about 1 per 12 s")
+GATEWAY_PAGE = b"<html><head><title>502 Bad Gateway</title></head><body><center><h1>502 Bad Gateway</h1></center></body></html>"
 
 
 @dataclasses.dataclass
 class _Fault:
     method: str
     path_prefix: str
-    status: int
+    status: int  # 0: close the connection without answering
     code: str | None
     times: int
+    delay: float = 0.0  # seconds before answering (a client with a shorter timeout gives up)
+    html: bool = False  # a gateway's HTML page instead of the JSON envelope
+    after: bool = False  # the call takes effect first; only its answer is replaced
 
 
 @dataclasses.dataclass
@@ -50,18 +66,24 @@ class _Instance:
     tags: list[dict[str, str]]
     launched: float
     terminated_at: float | None = None
+    forced: str = ""  # "unhealthy" or "preempted", set by a test
 
 
 class LambdaDouble:
     """The Lambda Cloud API on http://127.0.0.1:<port>/api/v1, in a thread of this process."""
 
     def __init__(self, api_keys: set[str], ssh_host: str = "127.0.0.1", *, boot_seconds: float = 0.5,
-                 terminate_seconds: float = 0.3, launch_interval: float = 0.0):
+                 terminate_seconds: float = 0.3, launch_interval: float = 0.0, request_rate: float = 0.0,
+                 request_burst: int = 3):
         self.api_keys = set(api_keys)
         self.ssh_host = ssh_host
         self.boot_seconds = boot_seconds
         self.terminate_seconds = terminate_seconds
-        self.launch_interval = launch_interval  # the real API: about 12 s between launches
+        self.launch_interval = launch_interval  # the real API: about 12 s between launches (0: no limit)
+        self.request_rate = request_rate  # the real API: about 1 per second (0: no limit)
+        self.request_burst = request_burst
+        self._tokens = float(request_burst)
+        self._tokens_at = time.monotonic()
         self.types = {name: {"description": d, "price": p} for name, (d, p, _) in DEFAULT_TYPES.items()}
         self.capacity: dict[str, list[str]] = {name: list(r) for name, (_, _, r) in DEFAULT_TYPES.items()}
         self.ssh_keys: dict[str, dict[str, str]] = {}
@@ -75,20 +97,37 @@ class LambdaDouble:
 
     # -- test controls -------------------------------------------------------------------
 
-    def inject(self, method: str, path_prefix: str, status: int, code: str | None = None, times: int = 1) -> None:
+    def inject(self, method: str, path_prefix: str, status: int, code: str | None = None, times: int = 1, *,
+               delay: float = 0.0, html: bool = False, after: bool = False) -> None:
         """The next `times` calls matching method and path answer `status` (with `code` in the
-        error envelope; 429 answers have no documented body, so none is sent)."""
-        self._faults.append(_Fault(method, path_prefix, status, code, times))
+        error envelope; 429 answers have no documented body, so none is sent). status 0 closes
+        the connection without an answer; `html` sends a gateway page instead of the envelope;
+        `delay` answers late; `after` lets the call take effect before its answer is replaced
+        (a lost launch response: the instance exists and bills, the client never hears its id)."""
+        self._faults.append(_Fault(method, path_prefix, status, code, times, delay, html, after))
+
+    def slow(self, method: str, path_prefix: str, delay: float, times: int = 1) -> None:
+        """The next `times` matching calls take effect and answer normally, `delay` s late."""
+        self._faults.append(_Fault(method, path_prefix, 200, None, times, delay, after=True))
+
+    def set_status(self, instance_id: str, status: str) -> None:
+        """An instance turns `unhealthy` (still billing, not usable) or is `preempted` (gone,
+        no longer billing); "" returns it to the normal life cycle."""
+        assert status in ("", "unhealthy", "preempted"), status
+        with self._lock:
+            self.instances[instance_id].forced = status
 
     def running(self) -> list[str]:
         """Ids of instances that bill: anything launched and not yet terminating."""
         with self._lock:
-            return [i.id for i in self.instances.values() if i.terminated_at is None]
+            return [i.id for i in self.instances.values() if i.terminated_at is None and i.forced != "preempted"]
 
     def status_of(self, inst: _Instance) -> str:
         now = time.monotonic()
         if inst.terminated_at is not None:
             return "terminated" if now - inst.terminated_at >= self.terminate_seconds else "terminating"
+        if inst.forced:
+            return inst.forced
         return "active" if now - inst.launched >= self.boot_seconds else "booting"
 
     # -- server --------------------------------------------------------------------------
@@ -109,13 +148,21 @@ class LambdaDouble:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
                 status, doc = double._dispatch(method, self.path, self.headers.get("Authorization", ""), body)
-                payload = b"" if doc is None else json.dumps(doc).encode()
+                if status == 0:  # a lost response: the connection closes without a word
+                    self.close_connection = True
+                    with contextlib.suppress(OSError):
+                        self.connection.shutdown(socket.SHUT_RDWR)
+                    return
+                payload = b"" if doc is None else doc if isinstance(doc, bytes) else json.dumps(doc).encode()
                 self.send_response(status)
-                if doc is not None:
+                if isinstance(doc, bytes):
+                    self.send_header("Content-Type", "text/html")
+                elif doc is not None:
                     self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()
-                self.wfile.write(payload)
+                with contextlib.suppress(OSError):  # a client that gave up waiting has closed its end
+                    self.wfile.write(payload)
 
             def do_GET(self) -> None:
                 self._handle("GET")
@@ -161,18 +208,42 @@ class LambdaDouble:
         if not self._authorized(auth):
             return _error(401, "global/invalid-api-key", "API key was invalid, expired, or deleted.",
                           "Check your API key or create a new one, then try again.")
-        for f in self._faults:
-            if f.times > 0 and f.method == method and route.startswith(f.path_prefix):
-                f.times -= 1
-                if f.status == 429:
-                    return 429, None
-                return _error(f.status, f.code or "provider/internal-unavailable", "injected fault")
+        if not self._take_token():
+            return 429, None
+        fault = None
+        with self._lock:
+            for f in self._faults:
+                if f.times > 0 and f.method == method and route.startswith(f.path_prefix):
+                    f.times -= 1
+                    fault = f
+                    break
+        if fault is not None and not fault.after:
+            time.sleep(fault.delay)
+            return _faulty(fault)
         try:
             body = json.loads(raw) if raw else {}
         except ValueError:
             return _error(400, "global/invalid-parameters", "request body is not JSON")
         with self._lock:
-            return self._route(method, route, body)
+            answer = self._route(method, route, body)
+        if fault is not None:
+            time.sleep(fault.delay)
+            return answer if fault.status == 200 else _faulty(fault)
+        return answer
+
+    def _take_token(self) -> bool:
+        """The general rate limit, as a token bucket: `request_burst` calls at once, then
+        `request_rate` per second."""
+        if not self.request_rate:
+            return True
+        with self._lock:
+            now = time.monotonic()
+            self._tokens = min(self.request_burst, self._tokens + (now - self._tokens_at) * self.request_rate)
+            self._tokens_at = now
+            if self._tokens < 1:
+                return False
+            self._tokens -= 1
+            return True
 
     def _authorized(self, auth: str) -> bool:
         scheme, _, value = auth.partition(" ")
@@ -226,7 +297,7 @@ class LambdaDouble:
     def _launch(self, body: dict[str, Any]) -> tuple[int, Any]:
         now = time.monotonic()
         if self.launch_interval and now - self._last_launch < self.launch_interval:
-            return 429, None
+            return 429, None  # checked before the body, as a gateway's limiter would
         type_name, region = body.get("instance_type_name"), body.get("region_name")
         key_names = body.get("ssh_key_names")
         if body.get("quantity", 1) != 1:
@@ -259,6 +330,8 @@ class LambdaDouble:
         missing = [i for i in ids if i not in self.instances or self.status_of(self.instances[i]) == "terminated"]
         if missing:
             return _error(404, "global/object-does-not-exist", f"Instance {missing[0]} does not exist.")
+        if any(self.status_of(self.instances[i]) == "terminating" for i in ids):
+            return _error(500, "global/unknown", "An unknown error occurred.")  # SkyPilot PR #3410
         now = time.monotonic()
         for i in ids:
             if self.instances[i].terminated_at is None:
@@ -286,6 +359,14 @@ class LambdaDouble:
             d["ip"] = self.ssh_host
             d["private_ip"] = "10.0.0.2"
         return d
+
+
+def _faulty(f: _Fault) -> tuple[int, Any]:
+    if f.status in (0, 429):
+        return f.status, None
+    if f.html:
+        return f.status, GATEWAY_PAGE
+    return _error(f.status, f.code or "provider/internal-unavailable", "injected fault")
 
 
 def _ok(data: Any) -> tuple[int, Any]:
@@ -338,7 +419,8 @@ class LoopbackSSHD:
         if os.geteuid() == 0:
             Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
         self.proc = subprocess.Popen([sshd, "-D", "-e", "-f", str(config)], stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.DEVNULL, stderr=open(self.workdir / "sshd.log", "ab"))
+                                     stdout=subprocess.DEVNULL, stderr=open(self.workdir / "sshd.log", "ab"),
+                                     preexec_fn=_die_with_parent)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -380,6 +462,15 @@ class LoopbackSSHD:
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: the kernel sends it SIGTERM when the process that started it
+    dies, however it dies (kill -9 included), so a double's sshd never outlives the double."""
+    import ctypes
+    import signal
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _children(pid: int) -> list[int]:

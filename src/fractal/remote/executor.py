@@ -188,6 +188,7 @@ class RemoteRun:
         self.env_ready = False
         self.peers: list[str] = []
         self.log_offset = 0  # bytes of the remote log shown so far: where a reattached stream resumes
+        self.synced_before: list[str] = []  # what the last push sent to this workspace
 
     # -- phases ---------------------------------------------------------------------------
 
@@ -195,7 +196,7 @@ class RemoteRun:
         pid = 0
         try:
             with self._timed("connect"):
-                self.conn = self.target.connect()
+                self.conn = self._connect()
                 self.prepare()
             with self._timed("sync"):
                 self.push()
@@ -224,6 +225,33 @@ class RemoteRun:
                 self.conn.close()
             log.info("%s on %s: %s", self.stage, self.target.label,
                      ", ".join(f"{k} {v:.2f} s" for k, v in self.timings.items()))
+
+    def _connect(self, timeout: float = 15.0) -> fabric.Connection:
+        """A connection with SSH keepalives, so a dead link is noticed by the transport too."""
+        conn = self.target.connect(timeout=timeout)
+        transport = conn.client.get_transport()
+        if transport is not None:
+            transport.set_keepalive(max(1, int(self.settings.keepalive_seconds)))
+        return conn
+
+    def _probe(self, transport: Any) -> None:
+        """Raises _Dropped unless the other side answers within keepalive_seconds: a silent
+        network drop leaves the TCP connection open, and only a question finds it out. The
+        question is asked from a thread (paramiko can block past its own timeouts on a peer
+        that reads nothing), and a link that does not answer is cut, so nothing waits on it."""
+        wait = max(self.settings.keepalive_seconds, 1.0)
+        answered = threading.Event()
+
+        def ask() -> None:
+            with contextlib.suppress(Exception):
+                transport.open_session(timeout=wait).close()
+                answered.set()
+
+        threading.Thread(target=ask, name="ssh-probe", daemon=True).start()
+        if not answered.wait(wait):
+            with contextlib.suppress(Exception):
+                transport.sock.close()
+            raise _Dropped(f"no answer in {wait:g} s (remote.keepalive_seconds)")
 
     @contextlib.contextmanager
     def _timed(self, phase: str) -> Iterator[None]:
@@ -279,13 +307,16 @@ class RemoteRun:
         env_key = self._env_key()  # self.name and env_key need no quoting: [A-Za-z0-9._-] only
         r = self._run(f"set -e; mkdir -p {root_sh}/work/{self.name} {root_sh}/envs {root_sh}/runs/{self.name}; "
                       f"cd {root_sh}; pwd; test -f envs/{env_key}/.ready && echo ready || echo missing; "
-                      f"ls -1t work | head -6")
+                      f"ls -1t work | head -6; echo {SYNCED_MARK}; cat work/{self.name}/{SYNCED_FILE} 2>/dev/null || true; "
+                      "mkdir -p autostop; touch autostop/beat")
         if r.exited != 0:
             raise RemoteError(f"{self.target.label}: cannot create {root} (remote.root): {r.stderr.strip()}")
-        lines = r.stdout.splitlines()
+        lines, _, synced = r.stdout.partition(f"{SYNCED_MARK}\n")
+        lines = lines.splitlines()
         self.root = lines[0]
         self.env_ready = lines[1] == "ready"
         self.peers = [f"{self.root}/work/{p}" for p in lines[2:] if p and p != self.name][:5]
+        self.synced_before = [p for p in synced.splitlines() if _inside(p)]
         self.work = f"{self.root}/work/{self.name}"
         self.env = f"{self.root}/envs/{env_key}"
         stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -301,16 +332,29 @@ class RemoteRun:
     def push(self) -> None:
         """rsync the files git knows (tracked, and new ones it does not ignore) and the stage's
         deps; unchanged files are skipped, and files another workspace there already has are
-        copied on the remote side instead of sent."""
+        copied on the remote side instead of sent. A path the last push sent that no longer
+        exists here is deleted there (rsync's --delete never acts on --files-from entries), and
+        only such paths: what a stage wrote in the workspace stays until its outputs are
+        refreshed."""
         files = _git_files()
         missing = [p for p in self.spec.uploads if not os.path.lexists(p)]
         if missing:
             log.warning("%s: deps not present here, not synced: %s", self.stage, ", ".join(missing))
         listing = sorted({*files, *(p for p in self.spec.uploads if os.path.lexists(p))})
-        args = ["-r", "--delete", "--exclude=__pycache__", "--files-from=-", "--from0"]
+        deleted = sorted({p for p in self.synced_before if p not in listing and not os.path.lexists(p)})
+        args = ["-r", "--delete", "--delete-missing-args", "--exclude=__pycache__", "--files-from=-", "--from0"]
         args += [f"--copy-dest={p}" for p in self.peers]
         rsync(self.target, args + ["./", f"{self.target.destination()}:{self.work}/"], self.settings.compress,
-              "push", files="\0".join(listing))
+              "push", files="\0".join(listing + deleted))
+        if deleted:
+            log.info("%s: deleted in the remote workspace, as here: %s", self.stage, ", ".join(deleted[:10])
+                     + (f" and {len(deleted) - 10} more" if len(deleted) > 10 else ""))
+        record = "\n".join(p for p in listing if "\n" not in p) + "\n"
+        r = self._run(f"cat > {_q(self.work + '/' + SYNCED_FILE)}.tmp && mv {_q(self.work + '/' + SYNCED_FILE)}.tmp "
+                      f"{_q(self.work + '/' + SYNCED_FILE)}", stdin=record)
+        if r.exited != 0:
+            log.warning("%s: could not record what was synced (%s); files deleted here may stay there",
+                        self.stage, r.stderr.strip())
 
     def _scratch(self) -> str:
         base = Path(".dvc/tmp") if Path(".dvc").is_dir() else Path(".fractal/tmp")
@@ -335,19 +379,37 @@ class RemoteRun:
 
     def _exec_streaming(self, cmd: str, out: Any) -> int:
         """Runs cmd with its output shown as it comes; Ctrl-C here interrupts at once (Fabric's
-        run would wait for the remote command to finish)."""
+        run would wait for the remote command to finish). A connection silent for
+        remote.keepalive_seconds is probed, and the command gives up after
+        remote.setup_timeout_minutes: a dropped network fails it in bounded time."""
         assert self.conn is not None
+        deadline = time.monotonic() + self.settings.setup_timeout_minutes * 60
         try:
-            chan = self.conn.client.get_transport().open_session(timeout=15)
+            transport = self.conn.client.get_transport()
+            chan = transport.open_session(timeout=15)
             chan.set_combine_stderr(True)
+            chan.settimeout(1.0)
             chan.exec_command(cmd)
+            quiet_since = time.monotonic()
             while True:
-                data = chan.recv(65536)
+                try:
+                    data = chan.recv(65536)
+                except socket.timeout:
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"not done after {self.settings.setup_timeout_minutes:g} min "
+                                           "(remote.setup_timeout_minutes)") from None
+                    if time.monotonic() - quiet_since > self.settings.keepalive_seconds:
+                        self._probe(transport)
+                        quiet_since = time.monotonic()
+                    continue
                 if not data:
                     break
+                quiet_since = time.monotonic()
                 out.write(data.decode(errors="replace"))
                 out.flush()
             return chan.recv_exit_status()
+        except _Dropped:
+            raise
         except Exception as e:
             raise _Dropped(f"{self.target.label}: lost the connection ({e or type(e).__name__})") from None
 
@@ -427,11 +489,8 @@ class RemoteRun:
             except socket.timeout:
                 if not transport.is_active():
                     raise _Dropped("transport closed") from None
-                if time.monotonic() - quiet_since > 20:  # silent for long: make sure the link is alive
-                    try:
-                        transport.open_session(timeout=10).close()
-                    except Exception as e:
-                        raise _Dropped(f"no answer ({e})") from None
+                if time.monotonic() - quiet_since > self.settings.keepalive_seconds:  # make sure the link lives
+                    self._probe(transport)
                     quiet_since = time.monotonic()
                 continue
             except (OSError, EOFError) as e:
@@ -478,7 +537,7 @@ class RemoteRun:
         wait = 1.0
         while True:
             try:
-                self.conn = self.target.connect()
+                self.conn = self._connect()
                 log.info("%s: reattached to %s", self.stage, self.target.label)
                 return
             except HostKeyError:
@@ -530,6 +589,15 @@ class RemoteRun:
                 _replace(staging / out.path, Path(out.path))
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+
+
+SYNCED_FILE = ".fractal-synced"  # in the remote workspace: the paths the last push sent, one a line
+SYNCED_MARK = "--fractal-synced--"
+
+
+def _inside(path: str) -> bool:
+    """A relative path that stays inside the workspace (the record is read from the remote)."""
+    return bool(path) and not path.startswith("/") and ".." not in Path(path).parts
 
 
 def _remote_script(name: str) -> str:

@@ -2,9 +2,13 @@
 
 Every instance fractal launches is recorded in $FRACTAL_HOME/lambda/instances.json (default
 ~/.fractal) with when it was launched, when it was last used, whether the user asked to keep
-it and the limits it was launched under. A run holds a lease on the instance it uses (its pid);
-`reap` terminates a recorded instance that is past its age limit, idle past its idle limit,
-or was launched by a run that died without terminating it. Every `fractal lambda` command and
+it and the limits it was launched under; the record is written as "pending" under the
+instance's name before the launch request, so no answer, however lost, leaves an instance
+nobody knows. Instances carry the tags launched-by=fractal and fractal-owner=<user>@<host>;
+one with this user's tags that the registry lost is adopted. Each run, `fractal lambda ssh`
+session and sync is a holder of the instance it uses (never overwriting another's); `reap`
+terminates a recorded instance that is past its age limit, idle past its idle limit with no
+live holder, adopted and unused, or launched by a run that died without terminating it. Every `fractal lambda` command and
 every remote run reaps first, and a detached watchdog (`fractal lambda watchdog`) reaps every
 minute for as long as recorded instances live, so a forgotten instance stops billing.
 """
@@ -95,13 +99,26 @@ class Registry:
             return {}
 
 
-def _lease_alive(lease: dict[str, Any] | None) -> bool:
-    if not lease:
+# -- holders: who is using an instance right now -------------------------------------------
+#
+# A registry entry's "holders" maps a token to {pid, host, since, beat}: one per run, `fractal
+# lambda ssh` session or sync using the instance, added when it starts and removed when it
+# ends, never overwritten by another. An instance is idle only when no holder is alive: on this
+# machine a holder is alive while its process is; a holder on another machine (a shared
+# FRACTAL_HOME) while its heartbeat is younger than HOLDER_STALE_SECONDS.
+
+HEARTBEAT_SECONDS = 30.0
+HOLDER_STALE_SECONDS = 300.0
+
+
+def _holder_alive(holder: dict[str, Any] | None, now: float | None = None) -> bool:
+    if not holder:
         return False
-    if lease.get("host") != socket.gethostname():
-        return True  # another machine's run: only the age limit can judge it
+    if holder.get("host") != socket.gethostname():
+        beat = float(holder.get("beat") or holder.get("since") or 0)
+        return (time.time() if now is None else now) - beat < HOLDER_STALE_SECONDS
     try:
-        os.kill(int(lease["pid"]), 0)
+        os.kill(int(holder["pid"]), 0)
     except ProcessLookupError:
         return False
     except PermissionError:
@@ -109,8 +126,78 @@ def _lease_alive(lease: dict[str, Any] | None) -> bool:
     return True
 
 
-def _new_lease() -> dict[str, Any]:
-    return {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
+def holders(entry: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The entry's holders (an entry written before holders existed has one "lease")."""
+    found = dict(entry.get("holders") or {})
+    if entry.get("lease"):
+        found.setdefault("lease", entry["lease"])
+    return found
+
+
+def _new_holder(what: str) -> tuple[str, dict[str, Any]]:
+    now = time.time()
+    return secrets.token_hex(6), {"pid": os.getpid(), "host": socket.gethostname(), "since": now, "beat": now,
+                                  "what": what}
+
+
+def hold(registry: Registry, instance_id: str, what: str) -> str:
+    """Adds a holder for this process; returns its token (for let_go). An instance fractal has
+    no record of (the user's own) gets no record: it is never terminated anyway."""
+    token, holder = _new_holder(what)
+    with registry.locked() as state:
+        entry = state.get(instance_id)
+        if entry is not None:
+            entry["holders"] = {**holders(entry), token: holder}
+            entry.pop("lease", None)
+            entry["last_used"] = time.time()
+    return token
+
+
+def let_go(registry: Registry, instance_id: str, token: str) -> None:
+    """Removes one holder; the idle clock starts now."""
+    with registry.locked() as state:
+        entry = state.get(instance_id)
+        if entry is not None:
+            entry["holders"] = {k: v for k, v in holders(entry).items() if k != token}
+            entry.pop("lease", None)
+            entry["last_used"] = time.time()
+
+
+@contextlib.contextmanager
+def holding(registry: Registry, instance_id: str, what: str, token: str | None = None) -> Iterator[str]:
+    """Holds the instance for the block (or adopts `token`, taken earlier), with a heartbeat."""
+    token = token or hold(registry, instance_id, what)
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(HEARTBEAT_SECONDS):
+            with contextlib.suppress(OSError), registry.locked() as state:
+                holder = (state.get(instance_id) or {}).get("holders", {}).get(token)
+                if holder is not None:
+                    holder["beat"] = time.time()
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-{instance_id[:8]}", daemon=True)
+    thread.start()
+    try:
+        yield token
+    finally:
+        stop.set()
+        let_go(registry, instance_id, token)
+
+
+def owner() -> str:
+    """Who launched an instance, as its `fractal-owner` tag says: the registry that should
+    know it is this user's on this machine."""
+    return f"{getpass.getuser()}@{socket.gethostname()}"[:64]
+
+
+def fractal_tags() -> dict[str, str]:
+    return {"launched-by": "fractal", "fractal-owner": owner()}
+
+
+def is_ours(inst: Instance) -> bool:
+    tags = {t.get("key"): t.get("value") for t in inst.raw.get("tags") or [] if isinstance(t, dict)}
+    return tags.get("launched-by") == "fractal" and tags.get("fractal-owner") == owner()
 
 
 # -- SSH key ------------------------------------------------------------------------------
@@ -159,12 +246,31 @@ class Launched:
     type_name: str
     region: str
     price_cents_per_hour: int
+    holder: str = ""  # the token of this process's holder, when launched with lease=True
+
+
+# Errors after which the launch may or may not have happened: no answer, a gateway's page, a
+# 5xx. The instance is then looked for by its (unique) name before anything else.
+def _uncertain(e: LambdaAPIError) -> bool:
+    return (e.code in ("fractal/unreachable", "fractal/unexpected-response", "global/unknown")
+            or e.code.startswith("provider/") or (e.status or 0) >= 500)
+
+
+def _entry(inst_id: str, name: str, type_name: str, region: str, price: int, keep: bool,
+           settings: LambdaSettings, api_url: str, launched_at: float) -> dict[str, Any]:
+    return {"id": inst_id, "name": name, "type": type_name, "region": region, "price_cents_per_hour": price,
+            "launched_at": launched_at, "last_used": time.time(), "keep": keep,
+            "idle_minutes": settings.idle_minutes, "max_age_hours": settings.max_age_hours, "api_url": api_url,
+            "holders": {}, "watchdog_seconds": settings.watchdog_seconds}
 
 
 def launch(client: LambdaClient, settings: LambdaSettings, key_name: str, *, keep: bool,
            registry: Registry, lease: bool) -> Launched:
     """Launches the first type/region in the preference lists that has capacity, trying the
-    next one on insufficient capacity, and records it (with a lease for this process)."""
+    next one on insufficient capacity, and records it (with a holder for this process when
+    `lease`). Before the request, a "pending" record names the instance: whatever happens to
+    the answer or to this process, the instance is found by that name and recorded or
+    terminated (here, or by the next reap)."""
     offers = client.instance_types()
     unknown = [t for t in settings.instance_types if t not in offers]
     if unknown:
@@ -180,32 +286,55 @@ def launch(client: LambdaClient, settings: LambdaSettings, key_name: str, *, kee
                 tried.append(f"{type_name} in {region} (no capacity listed)")
                 continue
             name = f"{settings.name_prefix}-{getpass.getuser()}-{secrets.token_hex(3)}"[:64]
+            pending = f"pending:{name}"
+            token, holder = _new_holder("launch")
+            with registry.locked() as state:
+                state[pending] = {"pending": True, "name": name, "api_url": client.base_url, "since": time.time(),
+                                  "keep": keep, "holders": {token: holder}}
+            instance_id = ""
             try:
-                instance_id = client.launch(region, type_name, key_name, name=name,
-                                            tags={"launched-by": "fractal"})
+                instance_id = client.launch(region, type_name, key_name, name=name, tags=fractal_tags())
             except LambdaAPIError as e:
-                if e.code == INSUFFICIENT_CAPACITY:
-                    log.info("no capacity for %s in %s; trying the next preference", type_name, region)
-                    tried.append(f"{type_name} in {region} (insufficient capacity at launch)")
-                    continue
-                raise
+                if not _uncertain(e):
+                    with registry.locked() as state:
+                        state.pop(pending, None)
+                    if e.code == INSUFFICIENT_CAPACITY:
+                        log.info("no capacity for %s in %s; trying the next preference", type_name, region)
+                        tried.append(f"{type_name} in {region} (insufficient capacity at launch)")
+                        continue
+                    raise
+                found = _find_by_name(client, name)
+                if found is None:
+                    with registry.locked() as state:  # not held: the next reap adopts it if it appears
+                        if pending in state:
+                            state[pending]["holders"] = {}
+                    log.error("launching %s: %s; no instance of that name is listed now (the next `fractal lambda` "
+                              "command looks again and terminates it if it appears)", name, e)
+                    raise
+                instance_id = found.id
+                log.warning("the answer to launching %s was lost (%s); found it by name: %s", name, e.code,
+                            instance_id)
             except BaseException:
                 # Interrupted mid-call: the API may have launched it without our hearing the id.
                 with shielded():
-                    _terminate_by_name(client, name)
+                    _terminate_by_name(client, name, registry, pending)
                 raise
-            now = time.time()
-            with registry.locked() as state:
-                state[instance_id] = {
-                    "id": instance_id, "name": name, "type": type_name, "region": region,
-                    "price_cents_per_hour": offer.price_cents_per_hour, "launched_at": now, "last_used": now,
-                    "keep": keep, "idle_minutes": settings.idle_minutes, "max_age_hours": settings.max_age_hours,
-                    "api_url": client.base_url, "lease": _new_lease() if lease else None,
-                    "watchdog_seconds": settings.watchdog_seconds,
-                }
+            try:
+                with registry.locked() as state:
+                    state.pop(pending, None)
+                    state[instance_id] = _entry(instance_id, name, type_name, region, offer.price_cents_per_hour,
+                                                keep, settings, client.base_url, time.time())
+                    if lease:
+                        state[instance_id]["holders"] = {token: holder}
+            except BaseException:
+                with shielded():
+                    terminate(client, [instance_id], registry, "interrupted while recording it")
+                    with registry.locked() as state:
+                        state.pop(pending, None)
+                raise
             log.info("launched %s (%s in %s, $%.2f/h): %s", name, type_name, region,
                      offer.price_cents_per_hour / 100, instance_id)
-            return Launched(instance_id, type_name, region, offer.price_cents_per_hour)
+            return Launched(instance_id, type_name, region, offer.price_cents_per_hour, token if lease else "")
     capacity = {t: offers[t].regions_with_capacity for t in settings.instance_types if t in offers}
     raise LambdaAPIError(
         INSUFFICIENT_CAPACITY,
@@ -213,15 +342,29 @@ def launch(client: LambdaClient, settings: LambdaSettings, key_name: str, *, kee
         f"{json.dumps(capacity)}", status=None, call="launch")
 
 
-def _terminate_by_name(client: LambdaClient, name: str) -> None:
-    try:
-        ids = [i.id for i in client.instances() if i.name == name and not i.gone]
-        if ids:
-            client.terminate(ids)
-            log.info("terminated %s, launched by an interrupted call", name)
-    except (LambdaAPIError, OSError) as e:
-        log.error("could not check for an instance named %s after an interrupted launch (%s); check "
-                  "`fractal lambda status`", name, e)
+def _find_by_name(client: LambdaClient, name: str, tries: int = 3) -> Instance | None:
+    """The live instance called `name`, asking a few times (the listing itself may fail)."""
+    for attempt in range(tries):
+        try:
+            return next((i for i in client.instances() if i.name == name and not i.gone), None)
+        except LambdaAPIError as e:
+            log.warning("looking for instance %s: %s", name, e)
+            time.sleep(min(client.retry.first_wait * (attempt + 1), 10))
+    return None
+
+
+def _terminate_by_name(client: LambdaClient, name: str, registry: Registry, pending: str) -> None:
+    found = _find_by_name(client, name)
+    if found is not None:
+        left = terminate(client, [found.id], registry, "launched by an interrupted call")
+        if left:
+            return  # terminate() recorded it; the next reap tries again
+    else:
+        log.warning("no instance named %s after an interrupted launch; the next `fractal lambda` command "
+                    "looks again", name)
+        return  # the pending record stays: reap adopts the instance if it appears
+    with registry.locked() as state:
+        state.pop(pending, None)
 
 
 def wait_ready(client: LambdaClient, instance_id: str, timeout_s: float, poll_s: float) -> Instance:
@@ -245,17 +388,41 @@ def wait_ready(client: LambdaClient, instance_id: str, timeout_s: float, poll_s:
             time.sleep(poll_s)
 
 
-def terminate(client: LambdaClient, instance_ids: list[str], registry: Registry, reason: str) -> None:
-    """Terminates and forgets; an instance already gone is only forgotten."""
+def terminate(client: LambdaClient, instance_ids: list[str], registry: Registry, reason: str,
+              tries: int = 4) -> list[str]:
+    """Terminates each instance, going on past errors: a failed call is retried with backoff,
+    and an instance seen terminating, terminated or preempted (or unknown to the API) is done,
+    whatever the call answered (the API says `global/unknown` to terminating one twice).
+    Done ones are forgotten; returns the ids still running (they stay recorded)."""
+    left = []
     for instance_id in instance_ids:
-        try:
-            client.terminate([instance_id])
-            log.info("terminated instance %s (%s)", instance_id, reason)
-        except LambdaAPIError as e:
-            if e.code != "global/object-does-not-exist":
-                raise
-        with registry.locked() as state:
-            state.pop(instance_id, None)
+        wait = max(client.retry.first_wait, 0.01)
+        for attempt in range(1, tries + 1):
+            try:
+                client.terminate([instance_id])
+                log.info("terminated instance %s (%s)", instance_id, reason)
+                break
+            except LambdaAPIError as e:
+                if e.code == "global/object-does-not-exist":
+                    break
+                error = e
+            try:
+                if client.instance(instance_id).gone:
+                    log.info("instance %s is terminating (%s)", instance_id, reason)
+                    break
+            except LambdaAPIError as e:
+                if e.code == "global/object-does-not-exist":
+                    break
+            if attempt == tries:
+                log.error("could not terminate instance %s after %d tries: %s", instance_id, tries, error)
+                left.append(instance_id)
+                break
+            time.sleep(min(wait, client.retry.max_wait))
+            wait *= client.retry.factor
+        if instance_id not in left:
+            with registry.locked() as state:
+                state.pop(instance_id, None)
+    return left
 
 
 def target_for(inst: Instance, settings: LambdaSettings, ssh_key: Path, client: LambdaClient | None = None) -> Target:
@@ -307,30 +474,33 @@ class Acquired:
     keep: bool
     ssh_key: Path
     started: float  # time.time() from which this run pays for the instance
+    holder: str = ""  # this run's token among the instance's holders
 
 
 def acquire(client: LambdaClient, settings: LambdaSettings, registry: Registry) -> Acquired:
     """The instance a run uses: the one named in lambda.instance, else an idle instance
-    fractal launched earlier and kept (of a preferred type), else a new one."""
+    fractal launched earlier and kept (of a preferred type), else a new one. The run holds it
+    (a holder of its own) until `release`."""
     ssh_key, public_key = local_ssh_key(settings)
     if settings.instance:
         inst = find_instance(client, settings.instance)
         if not inst.ready:
             raise RemoteError(f"lambda.instance = {settings.instance}: instance {inst.id} is {inst.status}, "
                               "not active")
-        with registry.locked() as state:
-            if inst.id in state:
-                state[inst.id]["lease"] = _new_lease()
-        return Acquired(inst, launched=False, keep=True, ssh_key=ssh_key, started=time.time())
+        token = hold(registry, inst.id, "run")
+        return Acquired(inst, launched=False, keep=True, ssh_key=ssh_key, started=time.time(), holder=token)
     live = {i.id: i for i in client.instances()}
     with registry.locked() as state:
-        for entry in sorted(state.values(), key=lambda e: -e["last_used"]):
+        for entry in sorted((e for e in state.values() if not e.get("pending")), key=lambda e: -e["last_used"]):
             inst = live.get(entry["id"])
-            if (inst is not None and inst.ready and entry.get("keep") and not _lease_alive(entry.get("lease"))
+            if (inst is not None and inst.ready and entry.get("keep")
+                    and not any(_holder_alive(h) for h in holders(entry).values())
                     and entry["type"] in settings.instance_types):
-                entry["lease"] = _new_lease()
+                token, holder = _new_holder("run")
+                entry["holders"] = {token: holder}
+                entry.pop("lease", None)
                 log.info("reusing instance %s (%s, %s)", inst.name or inst.id, inst.type_name, inst.region)
-                return Acquired(inst, launched=False, keep=True, ssh_key=ssh_key, started=time.time())
+                return Acquired(inst, launched=False, keep=True, ssh_key=ssh_key, started=time.time(), holder=token)
     key_name = ensure_ssh_key(client, public_key)
     launched = launch(client, settings, key_name, keep=settings.keep_instance, registry=registry, lease=True)
     started = time.time()
@@ -342,23 +512,21 @@ def acquire(client: LambdaClient, settings: LambdaSettings, registry: Registry) 
         with shielded():
             terminate(client, [launched.instance_id], registry, "it did not come up")
         raise
-    return Acquired(inst, launched=True, keep=settings.keep_instance, ssh_key=ssh_key, started=started)
+    return Acquired(inst, launched=True, keep=settings.keep_instance, ssh_key=ssh_key, started=started,
+                    holder=launched.holder)
 
 
-def release(client: LambdaClient, acquired: Acquired, registry: Registry) -> None:
-    """Ends this run's use: terminates what it launched unless kept, else marks it idle."""
+def release(client: LambdaClient, acquired: Acquired, registry: Registry) -> list[str]:
+    """Ends this run's use: terminates what it launched unless kept, else lets go of its
+    holder (other holders keep the instance busy). Returns what could not be terminated."""
     if acquired.launched and not acquired.keep:
-        terminate(client, [acquired.instance.id], registry, "the run that launched it ended")
-        return
-    with registry.locked() as state:
-        entry = state.get(acquired.instance.id)
-        if entry is not None:
-            entry["lease"] = None
-            entry["last_used"] = time.time()
+        return terminate(client, [acquired.instance.id], registry, "the run that launched it ended")
+    let_go(registry, acquired.instance.id, acquired.holder)
+    return []
 
 
 def touch(registry: Registry, instance_id: str) -> None:
-    """Counts as use for the idle limit (`fractal lambda ssh` and `sync` are use too)."""
+    """Counts as use for the idle limit."""
     with registry.locked() as state:
         if instance_id in state:
             state[instance_id]["last_used"] = time.time()
@@ -379,25 +547,60 @@ def find_instance(client: LambdaClient, ref: str) -> Instance:
 # -- limits ---------------------------------------------------------------------------------
 
 
+def adopt(client: LambdaClient, registry: Registry, live: list[Instance]) -> list[str]:
+    """Records instances that carry fractal's tags for this user but that the registry does not
+    know (a lost launch answer, a run killed before it wrote the record, a deleted ~/.fractal).
+    A launch's pending record (its name) says whether it was to be kept: a run's is not, and the
+    reap that adopts it terminates it. With no record at all (a deleted ~/.fractal) it is
+    treated as kept: the default idle and age limits end it, counted from now, rather than
+    killing what may be a user's warm instance at once. An instance whose launcher is alive
+    and about to record it is left alone. Returns the adopted ids."""
+    adopted = []
+    with registry.locked() as state:
+        pending = {e["name"]: k for k, e in state.items() if e.get("pending")}
+        for inst in live:
+            if inst.gone or inst.id in state or not is_ours(inst):
+                continue
+            key = pending.get(inst.name)
+            if key and any(_holder_alive(h) for h in holders(state[key]).values()):
+                continue  # its launcher is alive and will record it
+            record = state.pop(key) if key else {"since": time.time(), "keep": True}
+            state[inst.id] = _entry(inst.id, inst.name, inst.type_name, inst.region, inst.price_cents_per_hour,
+                                    bool(record.get("keep")), LambdaSettings(), client.base_url, record["since"])
+            state[inst.id]["adopted"] = True
+            adopted.append(inst.id)
+            log.warning("adopted instance %s (%s): it carries fractal's tags for %s but was not in %s",
+                        inst.name, inst.id, owner(), registry.path)
+        for key in list(pending.values()):  # launches that died and whose instance never appeared
+            entry = state.get(key)
+            if entry and not any(_holder_alive(h) for h in holders(entry).values()) \
+                    and time.time() - entry["since"] > 600:
+                del state[key]
+    return adopted
+
+
 def reap(client: LambdaClient, registry: Registry, now: float | None = None) -> list[tuple[str, str]]:
-    """Terminates recorded instances past their limits; forgets those already gone.
-    Returns (instance id, reason) for each termination."""
+    """Adopts fractal's unrecorded instances, then terminates recorded instances past their
+    limits; forgets those already gone. Returns (instance id, reason) for each termination."""
     now = time.time() if now is None else now
-    live = {i.id: i for i in client.instances()}
+    listing = client.instances()
+    adopt(client, registry, listing)
+    live = {i.id: i for i in listing}
     doomed: list[tuple[str, str]] = []
     with registry.locked() as state:
         for instance_id, entry in list(state.items()):
-            if entry.get("api_url", client.base_url) != client.base_url:
+            if entry.get("pending") or entry.get("api_url", client.base_url) != client.base_url:
                 continue
             inst = live.get(instance_id)
             if inst is None or inst.gone:
                 del state[instance_id]
                 continue
-            busy = _lease_alive(entry.get("lease"))
+            alive = {k: h for k, h in holders(entry).items() if _holder_alive(h, now)}
+            entry["holders"] = alive  # dead holders' processes are gone
+            entry.pop("lease", None)
+            busy = bool(alive)
             if busy:
                 entry["last_used"] = now
-            elif entry.get("lease"):
-                entry["lease"] = None  # its process died
             age_h = (now - entry["launched_at"]) / 3600
             idle_min = (now - entry["last_used"]) / 60
             if entry.get("max_age_hours") and age_h >= entry["max_age_hours"]:

@@ -2,23 +2,47 @@
 
 Whatever happens after the launch (the stage fails, the connection cannot be restored, Ctrl-C,
 SIGTERM from `dvc queue kill`), the `finally` below terminates what this run launched unless
-lambda.keep_instance says otherwise, with further signals ignored until that is done.
+lambda.keep_instance says otherwise, with further signals ignored until that is done. While
+the stage runs, this run is one holder of the instance (with a heartbeat); others may hold it
+too (`dvc queue start -j 2` on one named instance), and it is idle only when none is left.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
+import shlex
 import sys
 import time
 
-from fractal.remote.config import ExecutorConfig
-from fractal.remote.dvcfile import load_stage
+from fractal.remote.config import ExecutorConfig, LambdaSettings, RemoteSettings
+from fractal.remote.dvcfile import StageSpec, load_stage
 from fractal.remote.executor import RemoteRun, _duration
-from fractal.remote.instances import Registry, acquire, client_for, reap, release, shielded, target_for, wait_reachable
+from fractal.remote.instances import (Registry, acquire, client_for, holding, reap, release, shielded, target_for,
+                                      wait_reachable)
+from fractal.remote.ssh import Target
 
 log = logging.getLogger(__name__)
 
 
+@dataclasses.dataclass
+class Billing:
+    """What one stage's run on Lambda cost: what tracking.record_stage logs to MLflow."""
+    instance_id: str
+    instance_type: str
+    region: str
+    seconds: float  # from acquiring the instance (its launch, for one launched by the run) to release
+    price_cents_per_hour: int
+
+    @property
+    def cost_usd(self) -> float:
+        return self.price_cents_per_hour / 100 * self.seconds / 3600
+
+
+last_billing: Billing | None = None  # set by run_on_lambda, read by fractal.tracking in the same process
+
+
 def run_on_lambda(stage: str, argv: list[str], cfg: ExecutorConfig) -> int:
+    global last_billing
     settings = cfg.lambda_for(stage)
     spec = load_stage(stage)  # before anything bills: a stage fractal cannot read fails here
     client = client_for(settings)
@@ -27,21 +51,63 @@ def run_on_lambda(stage: str, argv: list[str], cfg: ExecutorConfig) -> int:
     acquired = acquire(client, settings, registry)
     rc: int | None = None
     try:
-        target = target_for(acquired.instance, settings, acquired.ssh_key, client)
-        if acquired.launched:
-            wait_reachable(target, time.monotonic() + settings.boot_timeout_minutes * 60)
-        rc = RemoteRun(target, cfg.remote, spec, stage, argv).execute()
-        return rc
+        with holding(registry, acquired.instance.id, "run", token=acquired.holder or None):
+            target = target_for(acquired.instance, settings, acquired.ssh_key, client)
+            if acquired.launched:
+                wait_reachable(target, time.monotonic() + settings.boot_timeout_minutes * 60)
+                if settings.autostop_minutes:
+                    install_autostop(target, cfg.remote, settings, acquired.instance.id, client.base_url)
+            rc = RemoteRun(target, cfg.remote, spec, stage, argv).execute()
+            return rc
     finally:
         with shielded():
-            release(client, acquired, registry)
+            left = release(client, acquired, registry)
             inst = acquired.instance
             seconds = time.time() - acquired.started
-            cost = inst.price_cents_per_hour / 100 * seconds / 3600
-            fate = ("launched for it and terminated" if acquired.launched and not acquired.keep
+            last_billing = Billing(inst.id, inst.type_name, inst.region, seconds, inst.price_cents_per_hour)
+            fate = ("launched for it and terminated" if acquired.launched and not acquired.keep and not left
+                    else "STILL RUNNING (terminate failed): `fractal lambda terminate --all`" if left
                     else "still running: `fractal lambda terminate " + inst.id[:8] + "` when done")
             interrupted = isinstance(sys.exc_info()[1], KeyboardInterrupt)
             outcome = "finished" if rc == 0 else "stopped" if interrupted else "failed"
             log.info("%s %s on %s (%s, %s) after %s: about $%.2f at $%.2f/h; instance %s", stage, outcome,
-                     inst.name or inst.id[:8], inst.type_name, inst.region, _duration(seconds), cost,
-                     inst.price_cents_per_hour / 100, fate)
+                     inst.name or inst.id[:8], inst.type_name, inst.region, _duration(seconds),
+                     last_billing.cost_usd, inst.price_cents_per_hour / 100, fate)
+
+
+def install_autostop(target: Target, remote: RemoteSettings, settings: LambdaSettings, instance_id: str,
+                     api_url: str) -> None:
+    """Starts autostop.py on the instance, detached, with the API key on its stdin only (see
+    autostop.py for the trade-off). Its log: <remote.root>/autostop/<instance id>/log there."""
+    from fractal.remote.api import load_api_key
+    from fractal.remote.executor import _remote_script
+
+    key, _ = load_api_key()
+    run = RemoteRun(target, remote, StageSpec(name="", deps=[], outs=[]), "autostop", [])
+    run.conn = run._connect()
+    try:
+        run.prepare()
+        where = f"{run.root}/autostop/{instance_id}"
+        poll = max(0.5, min(60.0, settings.autostop_minutes * 60 / 4))
+        args = shlex.join([api_url, instance_id, run.root, f"{settings.autostop_minutes:g}",
+                           f"{settings.max_age_hours:g}", f"{poll:g}"])
+        # `read` and `printf` are shell builtins: the key is on no command line, in no file
+        r = run._run(f"bash -c {shlex.quote(_autostop_launcher(where, remote.python, args))}",
+                     stdin=_remote_script("autostop.py") + "\0" + key + "\n")
+        if r.exited != 0:
+            log.warning("%s: could not start the on-instance autostop (%s); only the watchdog here applies the "
+                        "limits", target.label, r.stderr.strip())
+        else:
+            log.info("%s: on-instance autostop after %g min without a stage (lambda.autostop_minutes; it holds "
+                     "your API key in memory there)", target.label, settings.autostop_minutes)
+    finally:
+        run.conn.close()
+
+
+def _autostop_launcher(where: str, python: str, args: str) -> str:
+    """A shell script reading `<autostop.py source>\\0<key>\\n` from stdin: the source goes to a
+    file, the key into a variable and from there to the detached process's stdin."""
+    q = shlex.quote
+    return (f"set -e; umask 077; mkdir -p {q(where)}; cd {q(where)}; "
+            "IFS= read -r -d '' SRC || true; printf '%s' \"$SRC\" > autostop.py; IFS= read -r KEY; "
+            f"printf '%s\\n' \"$KEY\" | nohup setsid {python} autostop.py {args} > log 2>&1 & echo started")

@@ -170,7 +170,9 @@ def rsync(target: Target, args: list[str], compress: bool, what: str, files: str
     """Runs rsync over the target's ssh; `files` feeds `--files-from=-`. Progress only on a
     terminal."""
     import sys
-    cmd = ["rsync", "-a", "--partial", "-e", target.rsync_shell()]
+    # --timeout: rsync gives up after 120 s without I/O (ssh's ServerAlive options notice a dead
+    # link within a minute; this bounds a peer that is alive but stuck)
+    cmd = ["rsync", "-a", "--partial", "--timeout=120", "-e", target.rsync_shell()]
     if compress:
         cmd.append("-z")
     progress = sys.stderr.isatty()
