@@ -61,6 +61,7 @@ CASES = [
     Case("train.lr: 1e-3", "`train.lr`", (("lr: 0.001", "lr: 1e-3"),)),
     Case("YAML syntax error", "params.yaml:9:3: not valid YAML", (("  source: local", "  source: [local"),)),
     Case("prepare.split.test: 0.95", "`prepare.split.test`", (("    test: 0.35", "    test: 0.95"),)),
+    Case("prepare.benchmark: humaneva", "`prepare.benchmark`", (("benchmark: humaneval ", "benchmark: humaneva "),)),
     Case("label.isolation: bwarp", "`label.isolation`", (("isolation: auto ", "isolation: bwarp "),)),
     Case("prepare.source: hub (offline), fractal check", "`prepare.source`", (("source: local ", "source: hub "),),
          env={"HF_ENDPOINT": "http://127.0.0.1:{port}"}),

@@ -158,6 +158,28 @@ def _split_leaves_training(test: float, split: Any) -> str | None:
     return None
 
 
+KNOWN_BENCHMARKS = ("humaneval", "mbpp", "humaneval+", "mbpp+")
+
+
+def _one_edit_apart(a: str, b: str) -> bool:
+    if abs(len(a) - len(b)) > 1 or a == b:
+        return False
+    if len(a) > len(b):
+        a, b = b, a
+    i = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), len(a))
+    return a[i + (len(a) == len(b)):] == b[i + 1:]
+
+
+def _benchmark_name(benchmark: str, prepare: Any) -> str | None:
+    # Any name is valid (it is the label problems carry), but one letter off a known name is
+    # a typo that would silently change the split rule or the hub dataset.
+    typo = next((k for k in KNOWN_BENCHMARKS if _one_edit_apart(str(benchmark), k)), None)
+    if typo and benchmark not in KNOWN_BENCHMARKS:
+        return (f"is {benchmark!r} (did you mean {typo!r}?); a benchmark of your own needs a name that differs "
+                f"from {', '.join(KNOWN_BENCHMARKS)} by more than one letter")
+    return None
+
+
 def _needed_by_replay(replay_file: str, generate: Any) -> str | None:
     if generate.backend == "replay" and not replay_file:
         return "is empty; the replay backend needs recorded samples (a JSON Lines file in CodeT's format)"
@@ -194,7 +216,7 @@ class SplitParams:
 
 @dataclasses.dataclass
 class PrepareParams:
-    benchmark: str = "humaneval"  # the name problems carry: humaneval | mbpp | humaneval+ | mbpp+ | your own
+    benchmark: str = param("humaneval", check=_benchmark_name)  # the name problems carry: humaneval | mbpp | humaneval+ | mbpp+ | your own
     source: str = param("local", choices=("local", "hub"), resolves=_hub_reachable)  # local: prepare.problems_file; hub: prepare.dataset through the datasets library
     # local: a JSONL (.jsonl.gz) or JSON-list file in HumanEval's or MBPP's schema. dvc.yaml lists it as a
     # dependency (so it must name a file even with source: hub)
