@@ -45,7 +45,8 @@ CANARY = """
 import os, math
 def add(a, b):
     others = [p for p in os.listdir('/proc') if p.isdigit() and int(p) not in (1, os.getppid(), os.getpid())]
-    leftovers = os.listdir('.') + os.listdir('/dev/shm')
+    # What the sandbox mounted in the scratch (an interpreter under /tmp) is not a leftover.
+    leftovers = [n for n in os.listdir('.') if os.lstat(n).st_dev == os.stat('.').st_dev] + os.listdir('/dev/shm')
     if others or leftovers or not hasattr(math, 'sqrt'):
         return ('dirty', others, leftovers)
     return a + b
@@ -799,7 +800,7 @@ import ctypes, os, resource
 TAG = "fractal-neighbour-{n:06d}"
 def _clean():
     others = [p for p in os.listdir('/proc') if p.isdigit() and int(p) not in (1, os.getppid(), os.getpid())]
-    left = os.listdir('.') + os.listdir('/dev/shm')
+    left = [n for n in os.listdir('.') if os.lstat(n).st_dev == os.stat('.').st_dev] + os.listdir('/dev/shm')
     ipc = [t for t in ('shm', 'msg', 'sem') if len(open('/proc/sysvipc/' + t).read().splitlines()) > 1]
     libc = ctypes.CDLL(None, use_errno=True)
     mq = libc.mq_open(b'/fractal-mq', os.O_RDONLY) if hasattr(libc, 'mq_open') else -1

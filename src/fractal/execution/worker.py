@@ -1081,11 +1081,15 @@ def _remove_sysv_ipc() -> int:
 def _wipe(root: str) -> None:
     """Empties `root`, however deep the tree a candidate left in it: iteratively (no
     recursion to overflow), by directory fd and name (no path grows past PATH_MAX), each
-    directory scanned once."""
+    directory scanned once. It stays on root's filesystem: what the sandbox mounted inside
+    the scratch (an interpreter that lives under /tmp, bound read-only at its own path) is
+    not the candidate's, and walking it after every candidate would cost a venv's whole
+    tree each time."""
     try:
         fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
     except OSError:
         return
+    root_dev = os.fstat(fd).st_dev
     try:
         pending = _unlink_files(fd)  # subdirectories of the directory `fd` is, still to empty
         frames: list[tuple[list[str], str]] = []  # above it: (their pending, its name)
@@ -1099,6 +1103,9 @@ def _wipe(root: str) -> None:
                 try:
                     down = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
                 except OSError:
+                    continue
+                if os.fstat(down).st_dev != root_dev:  # a mount point: not ours to empty
+                    os.close(down)
                     continue
                 os.close(fd)
                 fd = down
