@@ -75,7 +75,16 @@ def workspace(tmp_path: Path, name: str, params: dict) -> Path:
     write_jsonl(ws / "data/problems.jsonl", problems)
     write_jsonl(ws / "data/generations.jsonl", generations)
     write_jsonl(ws / "data/labels.jsonl", labels)
+    # What the train stage reads besides: no generated tests (the hybrid's execution features
+    # are then zero), and the embed stage's output, made by the real stage.
+    write_jsonl(ws / "data/generated_tests.jsonl",
+                [{"problem_id": p.problem_id, "inputs": [], "tests": [], "asserts": []} for p in problems])
+    write_jsonl(ws / "data/probe.jsonl", [{"problem_id": g.problem_id, "sample": g.sample, "outputs": [], "passed": [],
+                                           "status": "ok"} for g in generations])
     (ws / "params.yaml").write_text(yaml.safe_dump({"train": params}))
+    embedded = subprocess.run([sys.executable, str(ROOT / "stages/embed.py")], cwd=ws, capture_output=True, text=True,
+                              timeout=600)
+    assert embedded.returncode == 0, embedded.stderr[-2000:]
     return ws
 
 
