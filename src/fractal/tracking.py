@@ -450,7 +450,7 @@ def _stages_so_far(client: Any, exp_id: str, parent: str) -> str:
 # ---------------------------------------------------------------------------------------
 def lineage(target: str) -> str:
     """What produced `target`, as text: a stage output in the workspace (metrics/rank.json,
-    metrics/rank.json:critic_top1.value, models/critic, data/labels.jsonl), a registered
+    metrics/rank.json:rankers.critic.top1.value, models/critic, data/labels.jsonl), a registered
     critic (models:/critic/1, critic/1 or models:/critic@champion) or an MLflow run id."""
     import re
 
