@@ -32,8 +32,7 @@ def _tiny_profile(model_dir: Path) -> dict:
                                max_tokens=200, batch_size=8, dtype="float32", max_model_len=0)
     profile["generate"]["device"] = "cpu"
     profile["label"].update(workers=2)
-    profile["train"] = {"backbone": "minilm", "method": "head", "folds": 2, "epochs": 5, "patience": 2,
-                        "batch_size": 16, "seed": 0}
+    profile["train"].update(backbone="minilm", method="head", folds=2, epochs=5, patience=2, batch_size=16, seed=0)
     profile["rank"].update(ks=[1, 2, 4, 8], bootstrap=100)
     return profile
 

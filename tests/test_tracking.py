@@ -191,7 +191,8 @@ def test_a_repro_is_one_parent_run_with_a_child_per_stage_carrying_its_lineage(t
     assert parent.data.tags["fractal.command"].endswith("repro")
     children = client.search_runs([exp], filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
     by_stage = {r.data.tags["fractal.stage"]: r for r in children}
-    assert sorted(by_stage) == ["generate", "label", "prepare", "rank", "report", "train"] and len(children) == 6
+    stages = ["embed", "generate", "gentests", "label", "prepare", "probe", "rank", "report", "train"]
+    assert sorted(by_stage) == stages and len(children) == len(stages)
 
     lock = yaml.safe_load((tiny_repo / "dvc.lock").read_text())["stages"]
     commit = _git(tiny_repo, "rev-parse", "HEAD~1")  # the commit the repro ran on

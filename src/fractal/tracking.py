@@ -241,7 +241,7 @@ def describe_stage(stage: str, root: Path | None = None) -> StageRecord:
             path = Path(out.fs_path)
             if out.metric and path.is_file():
                 record.metrics.update(_metrics_of(path))
-            if path.is_dir() and (path / "critic.json").is_file():
+            if path.is_dir() and (path / "critic.json").is_file() and _scores_from_code(path / "critic.json"):
                 record.critic_dirs.append(out.def_path)
     return record
 
@@ -559,6 +559,14 @@ def _when(ms: int | None) -> str:
 # ---------------------------------------------------------------------------------------
 # The critic: checkpoints and the registered model
 # ---------------------------------------------------------------------------------------
+def _scores_from_code(config_path: Path) -> bool:
+    """Whether a critic can score candidates from their code alone, which is what the registered
+    pyfunc model gets. The hybrid critic (models/hybrid) also needs each candidate's results on
+    the generated tests (the probe stage), so it is not registered as a version of CRITIC_MODEL."""
+    features = json.loads(config_path.read_text()).get("features", [])
+    return "execution" not in features
+
+
 def log_critic(client: Any, run_id: str, directory: Path, shown: str, lineage: dict[str, str]) -> Any:
     """Each epoch's checkpoint with its validation metrics at its epoch step; then the critic
     (every fold's best weights and critic.json) as a pyfunc model, registered as a version of
