@@ -19,8 +19,16 @@ metrics = {
     "inputs_per_problem": sum(len(r["inputs"]) for r in records) / max(1, len(records)),
 }
 write_json("metrics/gentests.json", metrics)
+
+
+def some(ids: list[str]) -> str:
+    return ", ".join(ids[:5]) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "") if ids else "none"
+
+
 print(f"gentests: {len(records)} problems, {len(with_tests)} with >= 1 test, "
       f"{metrics['tests_per_problem']:.1f} tests and {metrics['inputs_per_problem']:.1f} inputs per problem; "
       f"{stats.blank_samples} of {stats.samples} samples blank; of {stats.asserts} asserts, "
       f"{stats.dropped_comparison} dropped (not `f(...) == value`), {stats.dropped_not_literal} dropped (not literals); "
-      f"no assert: {', '.join(stats.without_asserts) or 'none'}; no test: {', '.join(stats.without_tests) or 'none'}")
+      f"no assert: {some(stats.without_asserts)}; no test: {some(stats.without_tests)}")
+if p.source == "none":
+    print("gentests: source none: CodeT, SRank and MBR-exec tie on every problem (a uniform pick)")

@@ -19,7 +19,8 @@ pytestmark = pytest.mark.slow
 F = "tests/fixtures/byo/"
 CODET_STOP = ["\nclass", "\ndef", "\n#", "\nif", "\nprint"]
 
-# name: (prepare params, generate params, problems with samples, samples per problem, cut recorded)
+# name: (prepare params, generate params, problems with samples, samples per problem, cut recorded[,
+# gentests params])
 CASES = {
     "codet": (dict(problems_file=F + "humaneval-mini.jsonl"),
               dict(replay_file=F + "codet.jsonl", n=5), 10, 5, CODET_STOP),
@@ -29,7 +30,8 @@ CASES = {
         dict(benchmark="humaneval+", problems_file=F + "humanevalplus-mini.jsonl", prompt_variant="original"),
         dict(replay_file=F + "evalplus-samples.jsonl", n=5), 10, 5, []),
     "bigcode, mbpp+": (dict(benchmark="mbpp+", problems_file=F + "mbppplus-mini.jsonl"),
-                       dict(replay_file=F + "bigcode-generations.json", n=4), 5, 4, []),
+                       dict(replay_file=F + "bigcode-generations.json", n=4), 5, 4, [],
+                       dict(source="none")),  # CodeT recorded tests for HumanEval only
     "multipl-e": (dict(problems_file=F + "humaneval-mini.jsonl", prompt_variant="original"),
                   dict(replay_file=F + "multipl-e", n=5), 9, 5, ["\ndef", "\n#", "\nif", "\nclass"]),
 }
@@ -47,7 +49,7 @@ def ran(output: str) -> list[str]:
     return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")]
 
 
-def byo_repo(tmp_path: Path, prepare: dict, generate: dict) -> Path:
+def byo_repo(tmp_path: Path, prepare: dict, generate: dict, gentests: dict | None = None) -> Path:
     """A repository copy whose params.yaml is the default one with the case's keys set (the
     only thing a user edits) and a short training."""
     repo = tmp_path / "repo"
@@ -55,6 +57,7 @@ def byo_repo(tmp_path: Path, prepare: dict, generate: dict) -> Path:
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["prepare"].update(prepare)
     params["generate"].update(generate)
+    params["gentests"].update(gentests or {})
     params["train"].update(folds=3, epochs=4, patience=2, batch_size=16)
     params["rank"].update(bootstrap=200)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -65,8 +68,8 @@ def byo_repo(tmp_path: Path, prepare: dict, generate: dict) -> Path:
 
 @pytest.mark.parametrize("case", CASES)
 def test_byo_format_end_to_end(tmp_path, case):
-    prepare, generate, n_problems, n, cut = CASES[case]
-    repo = byo_repo(tmp_path, prepare, generate)
+    prepare, generate, n_problems, n, cut, *gentests = CASES[case]
+    repo = byo_repo(tmp_path, prepare, generate, *gentests)
     out = dvc(repo, "repro")
     assert sorted(ran(out)) == sorted(["prepare", "generate", "label", "gentests", "probe", "embed", "train", "rank",
                                        "report"])
@@ -78,6 +81,9 @@ def test_byo_format_end_to_end(tmp_path, case):
     rank = json.loads((repo / "metrics/rank.json").read_text())
     assert rank["n_problems"] == n_problems and rank["critic"]["n_samples_per_problem"] == n
     assert rank["ks"][-1] == n  # rank.ks: auto reaches N
+    if gentests:  # source none: no generated test, so CodeT's pick is the uniform one
+        assert json.loads((repo / "metrics/gentests.json").read_text())["problems_with_tests"] == 0
+        assert rank["rankers"]["codet"]["top1"]["value"] == pytest.approx(rank["rankers"]["random"]["top1"]["value"])
 
 
 def test_editing_the_replay_or_problems_file_reruns_its_stage(tmp_path):

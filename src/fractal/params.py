@@ -292,7 +292,7 @@ class LabelParams:
 
 @dataclasses.dataclass
 class GentestsParams:
-    source: str = "replay"  # replay (recorded test cases) | generate (generate's backend) | transformers | vllm
+    source: str = "replay"  # replay (recorded test cases) | generate (generate's backend) | transformers | vllm | none
     # (the model backends sample the generate section's model)
     file: str = "data/raw/codet-humaneval/HumanEval_codegen16B_temp0.8_topp0.95_num100_max300_test_case.jsonl"
     prompts_file: str = "data/raw/codet-humaneval/HumanEval_for_test_case_generation.jsonl"  # replay: maps lines to problems

@@ -237,7 +237,8 @@ def load_recorded_tests(test_case_file: str | Path, prompts_file: str | Path,
     missing = [p.problem_id for p in problems if p.problem_id not in by_task]
     if missing:
         raise ValueError(f"{test_case_file}: no recorded test cases for {len(missing)} problem(s) "
-                         f"(first: {missing[0]}); set gentests.source to a model backend for this benchmark")
+                         f"(first: {missing[0]}); set gentests.source to a model backend (transformers, vllm), "
+                         "or to none to rank without generated tests")
     return by_task
 
 
@@ -288,7 +289,8 @@ def generated_tests(problems: list[Problem], params: Any, generate_params: Any) 
     """The generated-tests records of `problems` under the gentests section `params`
     (source replay: the recorded file; transformers / vllm, or generate (generate's own
     backend): the generate section's model, with gentests' sampling params and no stop
-    sequences, CodeT's parsing cuts each assert)."""
+    sequences, CodeT's parsing cuts each assert; none: no test for any problem, for samples
+    brought without a model or recorded tests)."""
     from fractal.params import ParamsError
 
     if params.test_case_limit < 1:
@@ -303,6 +305,10 @@ def generated_tests(problems: list[Problem], params: Any, generate_params: Any) 
                 raise ParamsError(f"params.yaml: `gentests.samples` is {params.samples} but {params.file} has fewer "
                                   f"for {len(short)} problem(s) (first: {short[0]})")
             samples = {pid: s[: params.samples] for pid, s in samples.items()}
+    elif params.source == "none":
+        # No generated test anywhere: the execution rankers tie on every problem (a uniform
+        # pick, their documented fallback); the others rank as always.
+        samples = {p.problem_id: [] for p in problems}
     elif params.source in ("transformers", "vllm", "generate"):
         backend = generate_params.backend if params.source == "generate" else params.source
         if backend not in ("transformers", "vllm"):
@@ -320,5 +326,5 @@ def generated_tests(problems: list[Problem], params: Any, generate_params: Any) 
         samples = sample_tests(problems, backend, sampling)
     else:
         raise ParamsError(f"params.yaml: `gentests.source` is {params.source!r}; "
-                          "choose replay, generate, transformers or vllm")
+                          "choose replay, generate, transformers, vllm or none")
     return build_generated_tests(problems, samples, params.test_case_limit)
