@@ -133,6 +133,55 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp.unlink()
 
 
+@contextlib.contextmanager
+def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
+    """Yields an empty temporary folder beside `path`; on success it takes `path`'s place in
+    one step (Linux renameat2 RENAME_EXCHANGE, so readers see the old folder or the new one,
+    never none), then the old one is deleted. On failure or a kill the old folder stays and
+    the temporary one is removed (or, after a kill, left as a dot-folder the next call does
+    not reuse). Where the exchange is not available (another OS, an old kernel) the old
+    folder is renamed aside first: a kill between the two renames leaves it beside `path`
+    under a `.old` name."""
+    import shutil
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o755)  # mkdtemp makes 0700 folders; outputs are for everyone to read
+        if path.exists() and _exchange(tmp, path):
+            shutil.rmtree(tmp)  # now the old folder
+            return
+        old = None
+        if path.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+            os.replace(path, old / path.name)
+        os.replace(tmp, path)
+        if old is not None:
+            shutil.rmtree(old)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swaps two paths atomically (renameat2 RENAME_EXCHANGE); False where unsupported."""
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
 def timing_fields(cls: type) -> tuple[str, ...]:
     """The fields of a record class that are timings (metadata {"timing": True}): measured,
     not computed, so they differ between machines and runs."""
