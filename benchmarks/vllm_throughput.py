@@ -12,6 +12,13 @@ generate stage sends them, tokenized by a stand-in byte-level tokenizer as large
     python benchmarks/vllm_throughput.py --output-tokens 150 --n 50
     python benchmarks/vllm_throughput.py --model Qwen/Qwen2.5-Coder-1.5B-Instruct --natural
         # the real weights (downloaded), samples end where the model ends them
+    python benchmarks/vllm_throughput.py --lengths data/generations.jsonl
+        # random weights, each sample as long as the recorded one (n_tokens of a real run)
+    python benchmarks/vllm_throughput.py --seed-mode engine    # one engine seed: vLLM's batched sampler
+
+A fixed length measures the engine; natural lengths (--natural, --lengths) are what a run
+costs, since most samples end well before max_tokens. Engine start (weights, KV cache,
+CUDA graphs) is printed apart from sampling.
 
 Needs a CUDA GPU and vllm (pip install 'fractal[gpu]').
 """
@@ -71,6 +78,25 @@ def _prompt_tokens(problems: list, model: str) -> float:
     return sum(lengths) / max(len(lengths), 1)
 
 
+def _recorded_lengths(problems: list, path: str, n: int) -> tuple[list, list[int]]:
+    """Each problem repeated once per recorded sample (at most n), and those samples'
+    n_tokens, in the same order."""
+    by_problem: dict[str, list[int]] = {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            g = json.loads(line)
+            if g.get("n_tokens"):
+                by_problem.setdefault(g["problem_id"], []).append(int(g["n_tokens"]))
+    out, lengths = [], []
+    for p in problems:
+        for t in by_problem.get(p.problem_id, [])[:n]:
+            out.append(p)
+            lengths.append(t)
+    if not out:
+        raise SystemExit(f"{path}: no n_tokens recorded for these problems (a replayed run records none)")
+    return out, lengths
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="random",
@@ -84,6 +110,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gpu-memory-utilization", type=float, default=0.9)
     ap.add_argument("--max-model-len", type=int, default=2048)
     ap.add_argument("--temperature", type=float, default=0.8)
+    ap.add_argument("--seed-mode", choices=("request", "engine"), default="request",
+                    help="generate.seed_mode: a seed per request (the default) or one engine seed")
+    ap.add_argument("--max-num-seqs", type=int, default=0, help="generate.max_num_seqs (0: vLLM's default)")
+    ap.add_argument("--lengths", help="a generations.jsonl of a real run: each sample is as long as its "
+                                      "n_tokens there (random weights, natural lengths)")
     ap.add_argument("--json", help="also write the figures to this file")
     args = ap.parse_args(argv)
 
@@ -95,14 +126,21 @@ def main(argv: list[str] | None = None) -> int:
         if model == "random":
             model = str(random_model_dir(Path(tmp) / "qwen2.5-coder-1.5b-random"))
             engine_args["load_format"] = "dummy"
-        if not args.natural:
+        if args.lengths:
+            problems, lengths = _recorded_lengths(problems, args.lengths, args.n)
+            args.n = 1  # one request a sample, each of its own length (the prompt's KV cache is shared)
+            sampling_args.update(ignore_eos=True)
+        elif not args.natural:
             sampling_args.update(ignore_eos=True, min_tokens=args.output_tokens)
         params = GenerateParams(
             backend="vllm", model=model, n=args.n, seed=0, prompt_style="chat", stop=[],
             temperature=args.temperature, top_p=0.95, max_tokens=args.output_tokens, dtype=args.dtype,
             gpu_memory_utilization=args.gpu_memory_utilization, max_model_len=args.max_model_len,
+            seed_mode=args.seed_mode, max_num_seqs=args.max_num_seqs,
         )
         backend = VLLMBackend(engine_args=engine_args, sampling_args=sampling_args)
+        if args.lengths:
+            backend.per_request_sampling = [dict(min_tokens=t, max_tokens=t) for t in lengths]
         prompt_tokens = _prompt_tokens(problems, model)
         t0 = time.perf_counter()
         records = list(backend.generate(problems, params))
@@ -116,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     figures = {
         "gpu": torch.cuda.get_device_name(0),
         "model": args.model,
+        "lengths": args.lengths or ("natural" if args.natural else f"fixed {args.output_tokens}"),
+        "seed_mode": args.seed_mode,
         "problems": len(problems),
         "samples": len(records),
         "output_tokens": tokens,

@@ -138,6 +138,23 @@ def test_vllm_greedy_sends_top_p_one_and_no_stop_when_none(model_dir, problems, 
     assert "max_model_len" not in fake.engine_args
 
 
+def test_vllm_engine_seed_mode_leaves_requests_unseeded_and_engine_knobs_reach_the_engine(model_dir, problems,
+                                                                                           monkeypatch):
+    fake = _FakeVLLM()
+    monkeypatch.setitem(sys.modules, "vllm", fake)
+    params = GenerateParams(backend="vllm", model=str(model_dir), n=2, prompt_style="chat", stop=[], seed=7,
+                            seed_mode="engine", max_num_seqs=128, prefix_caching=False)
+    list(get_backend("vllm").generate(problems, params))
+    assert all(sp.seed is None for sp in fake.sampling)  # the engine's generator: vLLM's batched sampler
+    assert fake.engine_args["seed"] == 7 and fake.engine_args["max_num_seqs"] == 128
+    assert fake.engine_args["enable_prefix_caching"] is False
+    # The default: each request seeded from the problem; vLLM's own max_num_seqs; prefix caching on.
+    list(get_backend("vllm").generate(problems, GenerateParams(backend="vllm", model=str(model_dir), n=2,
+                                                               prompt_style="chat", stop=[], seed=7)))
+    assert [sp.seed for sp in fake.sampling] == [problem_seed(7, p.problem_id) for p in problems]
+    assert "max_num_seqs" not in fake.engine_args and fake.engine_args["enable_prefix_caching"] is True
+
+
 def test_vllm_missing_says_how_to_install(model_dir, problems, monkeypatch):
     monkeypatch.setitem(sys.modules, "vllm", None)  # import vllm raises ImportError
     params = GenerateParams(backend="vllm", model=str(model_dir), n=1, prompt_style="chat", stop=[])

@@ -253,6 +253,13 @@ class GenerateParams:
     device: str = param("auto", choices=("auto", "cpu", "cuda"))  # transformers (vllm runs where its build runs)
     gpu_memory_utilization: float = param(0.9, gt=0, max=1)  # vllm
     max_model_len: int = param(0, min=0)  # vllm: context to reserve KV cache for (0: the model's own)
+    # vllm: request (each problem's request seeded from `seed` and its id: a problem's samples do not depend on
+    # the other problems or the batch, but vLLM then samples each seeded sequence apart instead of in one batched
+    # kernel) | engine (one engine seed: the fast path, the same samples only for the same problems, order and
+    # engine settings)
+    seed_mode: str = param("request", choices=("request", "engine"))
+    max_num_seqs: int = param(0, min=0)  # vllm: sequences scheduled at once (0: vLLM's default)
+    prefix_caching: bool = True  # vllm: share the KV cache of a common prompt prefix (the n samples of a problem)
 
 
 @dataclasses.dataclass

@@ -51,4 +51,5 @@ def describe(params: GenerateParams) -> str:
     """One line for the log: what will be sampled, and how."""
     how = "greedy" if params.temperature == 0 else f"temperature {params.temperature}, top_p {params.top_p}"
     return (f"{params.model} ({params.prompt_style} prompts): {params.n} samples per problem, {how}, "
-            f"at most {params.max_tokens} tokens, stop {stop_sequences(params)!r}, seed {params.seed}")
+            f"at most {params.max_tokens} tokens, stop {stop_sequences(params)!r}, seed {params.seed}"
+            + (" (one engine seed)" if params.backend == "vllm" and params.seed_mode == "engine" else ""))

@@ -1,9 +1,17 @@
 """vllm: batched sampling with vLLM's offline engine, on a GPU.
 
 Every problem is one request of `generate.n` samples; vLLM schedules all of them at once
-(continuous batching, one shared prompt prefix per request). Each request has its own
-seed, derived from `generate.seed` and the problem id, so a problem's samples do not
-depend on the other problems. Prompts are rendered and tokenized by fractal (prompts.py)
+(continuous batching, one shared prompt prefix per request, `generate.prefix_caching`).
+
+Seeds (`generate.seed_mode`): `request` (the default) gives each request its own seed,
+derived from `generate.seed` and the problem id, so a problem's samples do not depend on
+the other problems, their order or the engine's batch settings. It costs speed: vLLM then
+samples every seeded sequence with its own generator instead of its batched top-p kernel
+(FlashInfer falls back to a sort of the full vocabulary per sequence and step; vLLM PR
+#17509). `engine` seeds the engine once (`generate.seed`) and leaves the requests
+unseeded: the fast path, reproducible only for the same problems in the same order with
+the same engine settings (`max_num_seqs`, `gpu_memory_utilization`, `max_model_len`,
+which is why dvc.yaml tracks those too). Prompts are rendered and tokenized by fractal (prompts.py)
 with the model's own tokenizer and handed to vLLM as token ids, exactly as the
 transformers backend feeds them.
 
@@ -35,6 +43,7 @@ class VLLMBackend:
         self.engine_args = dict(engine_args or {})
         self.sampling_args = dict(sampling_args or {})
         self.timings: dict[str, float] = {}  # of the last run: engine start and sampling, in seconds
+        self.per_request_sampling: list[dict[str, Any]] | None = None  # the benchmark's recorded lengths
 
     def generate(self, problems: list[Problem], params: GenerateParams) -> Iterator[Generation]:
         require_valid(params)
@@ -50,22 +59,17 @@ class VLLMBackend:
         tokenizer = AutoTokenizer.from_pretrained(path)
         prompt_texts = [render_prompt(p, params.prompt_style, tokenizer, params.model) for p in problems]
         requests = [{"prompt_token_ids": encode_prompt(tokenizer, t, params.prompt_style)} for t in prompt_texts]
-        engine = dict(
-            model=path,
-            dtype=params.dtype,
-            seed=params.seed,
-            gpu_memory_utilization=params.gpu_memory_utilization,
-        )
-        if params.max_model_len:
-            engine["max_model_len"] = params.max_model_len
-        engine.update(self.engine_args)
+        engine = {**engine_args(params, path), **self.engine_args}
         print(f"generate: vllm: {describe(params)}")
         t0 = time.perf_counter()
         llm = LLM(**engine)
         t1 = time.perf_counter()
+        per_request = self.per_request_sampling or [{}] * len(problems)
         sampling = [
-            SamplingParams(**sampling_args(params, problem_seed(params.seed, p.problem_id)), **self.sampling_args)
-            for p in problems
+            SamplingParams(**{**sampling_args(params, problem_seed(params.seed, p.problem_id)
+                                              if params.seed_mode == "request" else None),
+                              **self.sampling_args, **extra})
+            for p, extra in zip(problems, per_request, strict=True)
         ]
         outputs = llm.generate(requests, sampling, use_tqdm=True)
         t2 = time.perf_counter()
@@ -78,8 +82,25 @@ class VLLMBackend:
         yield from records(problems, prompt_texts, outputs, params, self.name)
 
 
-def sampling_args(params: GenerateParams, seed: int) -> dict[str, Any]:
-    """vllm.SamplingParams keyword arguments for one problem's request."""
+def engine_args(params: GenerateParams, model_path: str) -> dict[str, Any]:
+    """vllm.LLM keyword arguments from the generate section."""
+    engine: dict[str, Any] = dict(
+        model=model_path,
+        dtype=params.dtype,
+        seed=params.seed,
+        gpu_memory_utilization=params.gpu_memory_utilization,
+        enable_prefix_caching=params.prefix_caching,
+    )
+    if params.max_model_len:
+        engine["max_model_len"] = params.max_model_len
+    if params.max_num_seqs:
+        engine["max_num_seqs"] = params.max_num_seqs
+    return engine
+
+
+def sampling_args(params: GenerateParams, seed: int | None) -> dict[str, Any]:
+    """vllm.SamplingParams keyword arguments for one problem's request; seed None: the
+    engine's generator (seed_mode engine)."""
     return dict(
         n=params.n,
         temperature=params.temperature,
