@@ -58,6 +58,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fractal.errors import UserError
 from fractal.params import LabelParams, ParamsError
 
 UNSAFE_BANNER = """
@@ -421,6 +422,11 @@ def mode_of(params: LabelParams) -> str:
     return "none" if params.isolation == "none" else "bwrap"
 
 
+class NoSandbox(UserError, RuntimeError):
+    """No confinement can start here; the message names the cause and what to do (one line
+    at the command line, no traceback: the user acts on it, it is no bug)."""
+
+
 def make_sandbox(params: LabelParams, worker_index: int = 0) -> Sandbox:
     """The confinement for one worker, as label.isolation asks; refuses rather than run
     model code unconfined unless the user asked for exactly that."""
@@ -431,7 +437,7 @@ def make_sandbox(params: LabelParams, worker_index: int = 0) -> Sandbox:
     if mode in ("auto", "bwrap"):
         why = _probe_bwrap(params, root)
         if why:
-            raise RuntimeError(f"params.yaml: `label.isolation: {mode}`: no sandbox to run model-written code in: "
+            raise NoSandbox(f"params.yaml: `label.isolation: {mode}`: no sandbox to run model-written code in: "
                                f"{why}. {LAST_RESORT}")
         uid = _UID_BASE + (os.getpid() % 100_000) * 64 + worker_index if root else None
         return Sandbox("bwrap", "/tmp", bwrap_prefix(params, root), {}, "/", uid)
