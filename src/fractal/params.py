@@ -301,6 +301,8 @@ class LabelParams:
 class GentestsParams:
     source: str = "replay"  # replay (recorded test cases) | generate (generate's backend) | transformers | vllm | none
     # (the model backends sample the generate section's model)
+    # replay: the recorded test cases; dvc.yaml lists both files as dependencies, so other sources leave them at
+    # files that exist (data/problems.jsonl)
     file: str = "data/raw/codet-humaneval/HumanEval_codegen16B_temp0.8_topp0.95_num100_max300_test_case.jsonl"
     prompts_file: str = "data/raw/codet-humaneval/HumanEval_for_test_case_generation.jsonl"  # replay: maps lines to problems
     samples: int = 100  # test-case samples per problem (replay: the first N recorded; 0: all)
