@@ -19,8 +19,7 @@ from fractal.execution import label_candidates
 from fractal.execution import isolation as isolation_module
 from fractal.execution.cache import LabelCache, label_key, limits_of
 from fractal.execution.judge import UnreplayableTests, judge, plan_tests
-from fractal.execution.plain import MalformedPlainData, Opaque, decode_plain
-from fractal.execution.worker import encode_plain
+from fractal.execution.wire import MalformedPlainData, Opaque, decode_plain, encode_plain
 from fractal.params import LabelParams
 from fractal.records import Generation, Problem
 

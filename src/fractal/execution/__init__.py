@@ -23,7 +23,9 @@ How it fits together:
   worker runs once more on a fresh one before it is charged.
 - judge.py: why no candidate can forge a pass - the tests run in the labeler against the
   plain values the candidate returned - and the limits of that choice.
-- plain.py: the plain-data format values cross in.
+- wire.py: how values and messages cross between the labeler and the sandbox: the
+  plain-data encoding and decoding, and the frames; the worker gets its source, so both
+  sides share one definition.
 """
 from fractal.execution.labeler import label_candidates, problem_statuses
 

@@ -49,21 +49,17 @@ import ast
 import builtins
 import contextlib
 import io
-import json
 import random
 import re
 import signal
-import struct
 import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from fractal.execution.plain import MalformedPlainData, decode_plain
-from fractal.execution.worker import encode_plain
+from fractal.execution.wire import MalformedPlainData, decode_plain, encode_call, parse_frames
 from fractal.records import Problem
 
-_HEADER = struct.Struct(">I")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.]{0,79}")
 TEST_SEED = 0
 
@@ -80,7 +76,7 @@ COUNTED = ("ok", "recorded_without_reference")
 @dataclass
 class TestPlan:
     problem: Problem
-    calls: list[str]  # each call's [args, kwargs], encoded (see worker.encode_plain)
+    calls: list[str]  # each call's [args, kwargs], encoded (wire.encode_call)
     reference_seconds: float  # reference program + all its test calls, wall time (0: none ran)
     reference_passed: bool
     reference_code: Any  # the namespace the tests see: the reference, or the prompt's helpers
@@ -106,10 +102,6 @@ class _Diverged(BaseException):
 
 class CandidateRaised(Exception):
     """Base of the stand-ins for exceptions the candidate raised."""
-
-
-def _encode_call(args: tuple, kwargs: dict) -> str:
-    return json.dumps([encode_plain(list(args)), encode_plain(dict(kwargs))], allow_nan=True)
 
 
 def _run_tests(problem: Problem, reference_ns: dict, candidate: Callable, tests_code: Any) -> None:
@@ -202,7 +194,7 @@ def _record_blind(problem: Problem, helpers_code: Any, budget: float) -> list[st
 
         def recorder(*args, **kwargs):
             try:
-                calls.append(_encode_call(args, kwargs))
+                calls.append(encode_call(args, kwargs))
             except (ValueError, RecursionError) as e:  # noted here: a soft assert would swallow it
                 unplain.append(str(e))
             return _Wrong()
@@ -244,7 +236,7 @@ def _record(problem: Problem, reference_code: Any, tests_code: Any) -> tuple[lis
 
     def recorder(*args, **kwargs):
         try:
-            calls.append(_encode_call(args, kwargs))
+            calls.append(encode_call(args, kwargs))
         except (ValueError, RecursionError) as e:
             raise UnreplayableTests(f"{problem.problem_id}: the tests pass an argument that is not plain data ({e})") from None
         return fn(*args, **kwargs)
@@ -323,26 +315,6 @@ def _plan_without_reference(problem: Problem, tests_code: Any) -> TestPlan:
     return plan
 
 
-def parse_frames(payload: bytes) -> tuple[list[dict], bool]:
-    """The child's frames, and whether the stream was well formed to its end."""
-    frames = []
-    i = 0
-    while i + 4 <= len(payload):
-        (n,) = _HEADER.unpack_from(payload, i)
-        body = payload[i + 4 : i + 4 + n]
-        if len(body) < n:
-            return frames, False
-        try:
-            obj = json.loads(body)
-        except (ValueError, RecursionError):
-            return frames, False
-        if type(obj) is not dict or len(obj) != 1:
-            return frames, False
-        frames.append(obj)
-        i += 4 + n
-    return frames, i == len(payload)
-
-
 def _name(raw: Any) -> str:
     if type(raw) is str and _NAME.fullmatch(raw):
         return raw
@@ -407,7 +379,7 @@ def judge(plan: TestPlan, header: dict, payload: bytes, limit: float, partial: b
 
     def candidate(*args, **kwargs):
         nonlocal i
-        if i >= len(plan.calls) or _encode_call(args, kwargs) != plan.calls[i]:
+        if i >= len(plan.calls) or encode_call(args, kwargs) != plan.calls[i]:
             raise _Diverged
         if i >= len(results):
             raise _Missing

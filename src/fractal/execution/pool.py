@@ -21,18 +21,16 @@ import collections
 import json
 import os
 import selectors
-import struct
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from fractal.execution import plain, worker as worker_module
+from fractal.execution import wire, worker as worker_module
 from fractal.execution.isolation import Sandbox, make_sandbox
 from fractal.params import LabelParams
 
-_HEADER = struct.Struct(">I")
 _DEPTH = 2  # tasks queued per worker
 _SLACK = 10.0  # seconds beyond a task's longest run (_longest) before a silent worker counts as hung
 _START_TIMEOUT = 60.0
@@ -63,7 +61,7 @@ class _Worker:
             "scratch": self.sandbox.scratch,
             "preload": preload,
             "uid": self.sandbox.uid,
-            "decoder_source": Path(plain.__file__).read_text(encoding="utf-8"),
+            "wire_source": Path(wire.__file__).read_text(encoding="utf-8"),  # the worker imports no fractal
             "limits": {
                 "memory_bytes": params.memory_mb * 1024 * 1024,
                 "max_processes": params.max_processes,
@@ -97,7 +95,7 @@ class _Worker:
     def take_ready(self, frames: list[bytes]) -> list[bytes]:
         """Consumes the ready frame at the head of `frames` (if not ready yet)."""
         if self.info is None and frames:
-            self.info = json.loads(frames[0])
+            self.info, _ = wire.read_message(frames[0])
             self.head_since = time.monotonic()
             return frames[1:]
         return frames
@@ -119,13 +117,7 @@ class _Worker:
                 closed = True
                 break
             self.buf += b
-        frames = []
-        while len(self.buf) >= 4:
-            (n,) = _HEADER.unpack_from(self.buf)
-            if len(self.buf) < 4 + n:
-                break
-            frames.append(bytes(self.buf[4 : 4 + n]))
-            del self.buf[: 4 + n]
+        frames = wire.take_frames(self.buf)
         if closed and not frames:
             return None
         return frames
@@ -143,8 +135,7 @@ class _Worker:
         code = task.get("code", b"")
         if not code:
             header["program"] = task["program"]
-        body = json.dumps(header).encode() + b"\n" + code
-        self.proc.stdin.write(_HEADER.pack(len(body)) + body)
+        self.proc.stdin.write(wire.frame(wire.message(header, code)))
         self.proc.stdin.flush()
 
     def kill(self, grace: float = 0.0) -> None:
@@ -239,8 +230,7 @@ class WorkerPool:
                         yield from self._replace(w, sel, pending, "worker died")
                         continue
                     for frame in w.take_ready(frames):
-                        header_text, _, payload = frame.partition(b"\n")
-                        header = json.loads(header_text)
+                        header, payload = wire.read_message(frame)
                         if header.get("progress"):
                             if w.inflight and w.inflight[0]["id"] == header["id"]:
                                 yield w.inflight[0], header, payload
@@ -269,9 +259,8 @@ class WorkerPool:
         """Ends a running task early (its verdict is known from its partial results)."""
         for w in self.workers:
             if w.inflight and w.inflight[0]["id"] == task["id"]:
-                body = json.dumps({"stop": task["id"]}).encode()
                 try:
-                    w.proc.stdin.write(_HEADER.pack(len(body)) + body)
+                    w.proc.stdin.write(wire.frame(wire.message({"stop": task["id"]})))
                     w.proc.stdin.flush()
                 except OSError:
                     pass  # a dead worker is noticed and replaced by run()

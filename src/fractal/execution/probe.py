@@ -39,7 +39,6 @@ Results are cached by content (program, inputs, tests, limits) under `probe.cach
 """
 from __future__ import annotations
 
-import base64
 import collections
 import hashlib
 import json
@@ -52,57 +51,27 @@ from typing import Any
 
 from tqdm import tqdm
 
-from fractal.execution.judge import _exception_status, _name, end_status, parse_frames
+from fractal.execution.judge import _exception_status, _name, end_status
 from fractal.execution.labeler import _compile, _cores, _groups
-from fractal.execution.plain import MalformedPlainData, Opaque, decode_plain
 from fractal.execution.pool import WorkerPool
+from fractal.execution.wire import decode_plain, encode_plain, parse_frames
 from fractal.params import LabelParams, ProbeParams
 from fractal.records import Generation, Problem
 
 # Bump when a change here can change a record, so old cache entries are not reused.
 PROBE_VERSION = "fractal-probe-1"
-_MAX_SAFE_INT = 2**53
 
 
 # ---------------------------------------------------------------------------------------
 # Signatures and comparison, on decoded (exact builtin) values
 # ---------------------------------------------------------------------------------------
-def _canonical(v: Any, depth: int = 0) -> Any:
-    """The plain form of a decoded value with sets and dict items in a fixed order."""
-    if depth > 200:
-        raise RecursionError
-    t = type(v)
-    if v is None or t is bool or t is str or t is float:
-        return v
-    if t is int:
-        return v if -_MAX_SAFE_INT < v < _MAX_SAFE_INT else {"i": hex(v)}
-    if t is list:
-        return [_canonical(x, depth + 1) for x in v]
-    if t is tuple:
-        return {"t": [_canonical(x, depth + 1) for x in v]}
-    if t is dict:
-        items = [[_canonical(k, depth + 1), _canonical(x, depth + 1)] for k, x in v.items()]
-        return {"d": sorted(items, key=lambda kv: _text(kv[0]))}
-    if t is set or t is frozenset:
-        return {"s" if t is set else "F": sorted((_canonical(x, depth + 1) for x in v), key=_text)}
-    if t is bytes:
-        return {"b": base64.b64encode(v).decode("ascii")}
-    if t is bytearray:
-        return {"B": base64.b64encode(bytes(v)).decode("ascii")}
-    if t is complex:
-        return {"c": [v.real, v.imag]}
-    if t is Opaque:
-        return {"o": [v.type_name, v.truthy]}
-    raise MalformedPlainData(f"unexpected {t.__name__}")
-
-
 def _text(plain: Any) -> str:
     return json.dumps(plain, sort_keys=True, separators=(",", ":"))
 
 
 def signature(value: Any, max_chars: int) -> str:
     """A decoded value's output signature (see the module doc)."""
-    text = _text(_canonical(value))
+    text = _text(encode_plain(value, order=_text))  # sets and dict items sorted: one text per value
     if len(text) > max_chars:
         return "#" + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
     return text
@@ -391,7 +360,7 @@ def _output(frame: dict, expected: list[tuple[int, Any]], passed: set[int], para
     try:
         value = decode_plain(frame["r"])
         sig = signature(value, params.signature_chars)
-    except (MalformedPlainData, RecursionError):
+    except (ValueError, RecursionError):  # MalformedPlainData; nested deeper than any encoding
         return "!malformed"
     passed.update(j for j, e in expected if _equal(value, e))
     return sig

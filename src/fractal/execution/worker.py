@@ -1,8 +1,8 @@
 """The warm worker that runs candidates, one forked process per candidate.
 
 This file runs as a script inside the sandbox (see isolation.py), so it imports the
-standard library only and never `fractal`. The labeler also imports `encode_plain` from
-it, so that both sides speak the same plain-data format.
+standard library only and never `fractal`; the format values and messages cross in is
+wire.py's, whose source comes in the worker's config (see `_wire_from_source`).
 
 Three kinds of process, all in the sandbox's PID namespace:
 - the warden (PID 1): talks to the labeler, watches the running candidate (wall time,
@@ -70,10 +70,10 @@ point returned as plain data; the trusted labeler replays the real tests against
 values (judge.py). Whatever the child writes is therefore only data: a forged frame can
 at most claim a return value, which is the same as returning it.
 
-Protocol with the labeler (stdin/stdout of the warden): frames of a 4-byte big-endian
-length and a body. The labeler sends tasks (a JSON line, then the candidate's code
-object, marshalled, or nothing when the source is in the JSON), and {"stop": id} to end
-a running task whose verdict it already knows. A task carries its problem's test inputs
+Protocol with the labeler (stdin/stdout of the warden): frames whose bodies are messages,
+a JSON header line and bytes (wire.py). The labeler sends tasks (the JSON, then the
+candidate's code object, marshalled, or nothing when the source is in the JSON), and
+{"stop": id} to end a running task whose verdict it already knows. A task carries its problem's test inputs
 the first time this worker sees that problem. For each task the warden answers one
 frame: a JSON header line, then the raw bytes the child wrote to its result pipe (the
 child's own length-prefixed JSON frames, parsed by the labeler). A candidate still
@@ -83,12 +83,10 @@ which parses the whole payload each time, parses it a dozen times at most.
 """
 from __future__ import annotations
 
-import base64
 import builtins
 import fcntl
 import gc
 import json
-import json.encoder
 import marshal
 import os
 import resource
@@ -100,8 +98,22 @@ import sys
 import time
 import types
 
-_HEADER = struct.Struct(">I")
-_MAX_SAFE_INT = 2**53
+
+def _wire_from_source(source: str) -> types.ModuleType:
+    """execution/wire.py, run from the source the labeler put in the worker's config, as
+    the module `fractal_wire`. In sys.modules, the zygote and the children reach it
+    without a path lookup (the sandbox has no fractal to find)."""
+    module = types.ModuleType("fractal_wire")
+    exec(compile(source, "fractal_wire", "exec"), module.__dict__)
+    sys.modules["fractal_wire"] = module
+    return module
+
+
+if __name__ == "__main__":  # the sandboxed worker (pool.py runs this file with `python -c`)
+    wire = _wire_from_source(json.loads(sys.argv[1])["wire_source"])
+else:  # the labeler, which reads this file's constants (pool.py) and builds a Warden in tests
+    from fractal.execution import wire
+
 _RESULT_FD = 3
 _PROGRESS_AFTER = 0.05  # seconds a candidate runs before its partial results are sent
 _PROGRESS_EVERY = 0.05
@@ -112,131 +124,18 @@ _STATUS = struct.Struct(">i")
 
 
 # ---------------------------------------------------------------------------------------
-# Plain data: what may cross from a candidate to the labeler.
-# ---------------------------------------------------------------------------------------
-def encode_plain(value, depth: int = 0):
-    """A JSON-able form of `value` built from exact builtin types only.
-
-    Lists are JSON arrays; every other container or special value is a one-key object
-    ({"t": tuple items}, {"d": [[k, v], ...]}, {"s": set}, {"F": frozenset}, {"b": bytes as
-    base64}, {"B": bytearray}, {"c": [re, im]}, {"i": big int in hex}, {"o": [type name,
-    truthiness]} for anything else). Subclasses of builtins (numpy floats, namedtuples,
-    Counters) are read through the base type's own slots, so their overridden methods
-    do not decide the value.
-    """
-    if depth > 100:
-        raise ValueError("nested too deeply")
-    t = type(value)
-    if value is None or t is bool or t is str:
-        return value
-    if t is int:
-        return value if -_MAX_SAFE_INT < value < _MAX_SAFE_INT else {"i": hex(value)}
-    if t is float:
-        return value
-    if t is list:
-        return [encode_plain(v, depth + 1) for v in value]
-    if t is tuple:
-        return {"t": [encode_plain(v, depth + 1) for v in value]}
-    if t is dict:
-        return {"d": [[encode_plain(k, depth + 1), encode_plain(v, depth + 1)] for k, v in value.items()]}
-    if t is set:
-        return {"s": [encode_plain(v, depth + 1) for v in value]}
-    if t is frozenset:
-        return {"F": [encode_plain(v, depth + 1) for v in value]}
-    if t is bytes:
-        return {"b": base64.b64encode(value).decode("ascii")}
-    if t is bytearray:
-        return {"B": base64.b64encode(bytes(value)).decode("ascii")}
-    if t is complex:
-        return {"c": [value.real, value.imag]}
-    # Subclasses of builtins: take the value through the base type.
-    if isinstance(value, bool):
-        return bool.__bool__(value)
-    if isinstance(value, int):
-        return encode_plain(int.__index__(value), depth + 1)
-    if isinstance(value, float):
-        return float.__float__(value)
-    if isinstance(value, str):
-        return str.__str__(value)
-    if isinstance(value, tuple):
-        return {"t": [encode_plain(v, depth + 1) for v in tuple.__iter__(value)]}
-    if isinstance(value, list):
-        return [encode_plain(v, depth + 1) for v in list.__iter__(value)]
-    if isinstance(value, dict):
-        return {"d": [[encode_plain(k, depth + 1), encode_plain(v, depth + 1)] for k, v in dict.items(value)]}
-    if isinstance(value, (set, frozenset)):
-        return {"s" if isinstance(value, set) else "F": [encode_plain(v, depth + 1) for v in set.__iter__(set(value))]}
-    # numpy scalars (np.int64, np.bool_) behave like the Python scalar they hold.
-    if t.__module__ == "numpy" and getattr(value, "ndim", None) == 0 and hasattr(value, "item"):
-        return encode_plain(value.item(), depth + 1)
-    try:
-        truthy = bool(value)
-    except Exception:
-        truthy = True
-    return {"o": [_type_name(value), truthy]}
-
-
-def _type_name(obj) -> str:
-    try:
-        name = type(obj).__name__
-        return name[:80] if type(name) is str else "object"
-    except Exception:
-        return "object"
-
-
-# ---------------------------------------------------------------------------------------
-# Framing
-# ---------------------------------------------------------------------------------------
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]
-
-
-def _send(fd: int, body: bytes) -> None:
-    _write_all(fd, _HEADER.pack(len(body)) + body)
-
-
-def _read_exact(fd: int, n: int) -> bytes | None:
-    """n bytes from a blocking fd; None at end of file."""
-    data = b""
-    while len(data) < n:
-        more = os.read(fd, n - len(data))
-        if not more:
-            return None
-        data += more
-    return data
-
-
-# ---------------------------------------------------------------------------------------
 # The child: runs one candidate. Everything after the candidate's first line is untrusted.
 # ---------------------------------------------------------------------------------------
-# json.dumps(obj, allow_nan=True) without building an encoder for every call: a child's
-# first json.dumps writes twice the pages this one does. No circular check is needed:
-# what is encoded is a fresh tree from encode_plain.
-_ENCODER = json.encoder.c_make_encoder and json.encoder.c_make_encoder(
-    None, json.encoder.JSONEncoder().default, json.encoder.encode_basestring_ascii, None, ": ", ", ",
-    False, False, True)
-
-
-def _dumps(obj) -> str:
-    return "".join(_ENCODER(obj, 0)) if _ENCODER else json.dumps(obj, allow_nan=True)
-
-
 def _frame(obj) -> None:
+    """One report of the candidate's process to the labeler (see wire.parse_frames)."""
     try:
-        body = _dumps(obj).encode()
+        body = wire.dumps(obj).encode()
     except Exception:
         body = json.dumps({"r": {"o": ["unencodable", True]}}).encode()
     try:
-        _send(_RESULT_FD, body)
+        wire.write_frame(_RESULT_FD, body)
     except OSError:
         pass
-
-
-def _exc_name(e: BaseException) -> str:
-    return _type_name(e)
 
 
 def _read(path: str) -> bytes:
@@ -379,10 +278,10 @@ def _child(problem_id: str, task_r: int, res_w: int, out_w: int, zygote: "Zygote
         else:
             code = compile(source, "candidate.py", "exec", dont_inherit=True)
     except (SyntaxError, ValueError, OverflowError) as e:  # ValueError: NUL bytes in source
-        _frame({"syntax": _exc_name(e)})
+        _frame({"syntax": wire.type_name(e)})
         return
     except BaseException as e:  # MemoryError, RecursionError from a pathological program
-        _frame({"x": _exc_name(e)})
+        _frame({"x": wire.type_name(e)})
         return
     # The candidate gets its own copy of the builtins module (also under `import builtins`),
     # so patching `len` or `isinstance` there does not break this harness, whose functions
@@ -396,7 +295,7 @@ def _child(problem_id: str, task_r: int, res_w: int, out_w: int, zygote: "Zygote
     try:
         exec(code, env)
     except BaseException as e:
-        _frame({"x": _exc_name(e)})
+        _frame({"x": wire.type_name(e)})
         return
     _frame({"load": 1})
     fn = env.get(entry_point)
@@ -407,12 +306,12 @@ def _child(problem_id: str, task_r: int, res_w: int, out_w: int, zygote: "Zygote
         try:
             value = fn(*args, **kwargs)
             try:
-                encoded = encode_plain(value)
+                encoded = wire.encode_plain(value)
             except (RecursionError, ValueError):
-                encoded = {"o": [_type_name(value), True]}
+                encoded = {"o": [wire.type_name(value), True]}
             _frame({"r": encoded})
         except BaseException as e:
-            _frame({"x": _exc_name(e)})
+            _frame({"x": wire.type_name(e)})
     _frame({"done": 1})
 
 
@@ -495,13 +394,10 @@ class Zygote:
         gc.freeze()
         child = 0
         while True:
-            head = _read_exact(self.ctl, 5)
-            if head is None:
+            message = wire.read_frame(self.ctl)
+            if message is None:
                 return
-            kind = head[:1]
-            body = _read_exact(self.ctl, _HEADER.unpack_from(head, 1)[0])
-            if body is None:
-                return
+            kind, body = message[:1], message[1:]
             if kind == b"T":
                 task_r, task_w = os.pipe()
                 res_r, res_w = os.pipe()
@@ -521,10 +417,8 @@ class Zygote:
             elif kind == b"R":
                 socket.send_fds(self.answers, [_STATUS.pack(self._reap(child))], [])
             elif kind == b"C":
-                from fractal_plain_decode import decode_plain  # type: ignore  # installed by main()
-
                 problem_id, _, calls = body.partition(b"\n")
-                self.calls[problem_id.decode()] = [(decode_plain(args), decode_plain(kwargs))
+                self.calls[problem_id.decode()] = [(wire.decode_plain(args), wire.decode_plain(kwargs))
                                                    for args, kwargs in json.loads(calls)]
                 gc.freeze()
 
@@ -619,14 +513,8 @@ class Warden:
         if not b:
             self.closed = True
         self.inbox += b
-        while len(self.inbox) >= 4:
-            (n,) = _HEADER.unpack_from(self.inbox)
-            if len(self.inbox) < 4 + n:
-                break
-            body = bytes(self.inbox[4 : 4 + n])
-            del self.inbox[: 4 + n]
-            header, _, code = body.partition(b"\n")
-            msg = json.loads(header)
+        for body in wire.take_frames(self.inbox):
+            msg, code = wire.read_message(body)
             if "stop" in msg:
                 self.stops.add(msg["stop"])
             else:
@@ -688,7 +576,7 @@ class Warden:
         self.zygote, self.ctl = 0, -1
 
     def _tell(self, kind: bytes, body: bytes) -> None:
-        _write_all(self.ctl, kind + _HEADER.pack(len(body)) + body)
+        wire.write_frame(self.ctl, kind + body)
 
     def _answer(self) -> tuple[int, list[int]] | None:
         """The zygote's next answer and the fds that came with it; None if it died or did
@@ -745,7 +633,7 @@ class Warden:
         pid, (task_w, res_r, out_r) = spawned
         try:
             try:
-                _write_all(task_w, body)
+                wire.write_all(task_w, body)
             except OSError:
                 pass  # the child died before reading it: its end says why
             os.close(task_w)
@@ -928,128 +816,191 @@ class Warden:
         return total, ticks / _TICK, waited / 1e9
 
     def _watch(self, task: dict, pid: int, start: float, res_r: int, out_r: int) -> tuple[dict, bytes]:
+        """Watches the candidate's run until it ends (see _Watch); its header and results."""
+        # The child stays the zygote's (a zombie at worst) until the warden has the zygote
+        # reap it, so its pid cannot be reused meanwhile.
+        pidfd = os.pidfd_open(pid)
+        try:
+            watch = _Watch(self, task, start, pidfd, res_r, out_r)
+            watch.until_end()
+        finally:
+            os.close(pidfd)
+        return watch.outcome()
+
+
+class _Watch:
+    """One candidate's run as the warden watches it, from its start to its end. Each turn
+    of the loop (`until_end`) takes these steps, in this order:
+    1. `unmute`: listen to the result and output pipes again once their mute is over;
+    2. `measure`, every _CHECK_EVERY and at the wall deadline: the tree's memory, user CPU
+       time and time waited for a CPU; over the memory or the CPU limit ends the run, and
+       the time waited moves the wall deadline;
+    3. past the wall deadline, the run ends `timeout`;
+    4. `report`: the results not yet shown to the labeler go to it, when a report is due;
+    5. `wait`: poll until the next step is due, and read what came (the labeler, the
+       child's exit, its results, its output).
+    Once the child has exited, `drain` reads what it left in the result pipe; `outcome` is
+    the header and the results the warden answers the task with."""
+
+    def __init__(self, warden: Warden, task: dict, start: float, pidfd: int, res_r: int, out_r: int):
+        self.warden, self.task, self.start = warden, task, start
+        self.pidfd, self.res_r, self.out_r = pidfd, res_r, out_r
         # The wall limit is for candidates that wait (sleep, block): time a candidate's
         # process spent ready to run while the machine ran others does not count, so a
         # loaded machine does not turn slow correct code into a timeout (up to
         # _WAIT_CREDIT times the limit: a minute at most with the default cap).
-        deadline = start + task["time_limit"]
+        self.deadline = start + task["time_limit"]
         # The CPU-time limit: a busy candidate is stopped once it has used `cpu_limit` of
         # user CPU time, however loaded the machine (on a loaded one, the wall limit would
         # stop it having computed less). User time: the kernel's time zeroing the memory
         # a candidate allocates (a second for 1 GB on a VM) is bounded by the memory and
         # wall limits, and must not make a legitimate allocation a timeout. Measured over
         # the whole tree every _CHECK_EVERY, with the tree's memory.
-        cpu_limit = task.get("cpu_limit", task["time_limit"])
-        cpu_timeout = False
-        memory_limit = self.limits["memory_bytes"]
-        next_check = start + _CHECK_EVERY
+        self.cpu_limit = task.get("cpu_limit", task["time_limit"])
+        self.cpu_timeout = False
+        self.used = 0.0  # the tree's user CPU seconds at the last measurement
+        self.next_check = start + _CHECK_EVERY
         # Once the child's first frame arrives (its module has loaded: imports done), the
         # test calls get `calls_cpu_limit` more at most. Frames the candidate forges early
         # only shorten its own time.
-        calls_cpu_limit = task.get("calls_cpu_limit")
-        in_calls = False
-        used = 0.0
-        # The child stays the zygote's (a zombie at worst) until the warden has the zygote
-        # reap it, so its pid cannot be reused meanwhile.
-        pidfd = os.pidfd_open(pid)
-        poller = select.poll()
-        for fd in (res_r, out_r, pidfd, self.from_labeler):
-            poller.register(fd, select.POLLIN)
-        result = bytearray()
-        out_bytes = 0
-        end = None
-        detail = ""
-        reported = 0  # bytes of results already shown to the labeler
-        next_report = start + _PROGRESS_AFTER
-        report_every = _PROGRESS_EVERY
+        self.calls_cpu_limit = task.get("calls_cpu_limit")
+        self.in_calls = False
+        self.result = bytearray()
+        self.out_bytes = 0
+        self.end: str | None = None
+        self.detail = ""
+        self.reported = 0  # bytes of results already shown to the labeler
+        self.next_report = start + _PROGRESS_AFTER
+        self.report_every = _PROGRESS_EVERY
         # After reading the pipes, leave them for a millisecond: a child writes a frame
         # per call, and waking for each costs more than the whole wait (the pipes hold
         # what comes meanwhile; the child's exit still wakes us at once).
-        muted_until = 0.0
-        try:
-            while end is None:
-                now = time.monotonic()
-                if muted_until and now >= muted_until:
-                    poller.register(res_r, select.POLLIN)
-                    poller.register(out_r, select.POLLIN)
-                    muted_until = 0.0
-                if now >= next_check or now >= deadline:
-                    memory, used, waited = self.usage(self._others())
-                    deadline = start + task["time_limit"] + min(waited, _WAIT_CREDIT * task["time_limit"])
-                    if used >= cpu_limit:
-                        end, cpu_timeout = "timeout", True
-                        break
-                    if memory > memory_limit:
-                        end, detail = "memory", f"the candidate's processes held {memory >> 20} MB"
-                        break
-                    next_check = time.monotonic() + _CHECK_EVERY
-                left = deadline - now
-                if left <= 0:
-                    end = "timeout"
-                    break
-                due = len(result) > reported
-                if due and now >= next_report:
-                    # A slow candidate: let the labeler judge what it has so far, so a
-                    # wrong early answer ends the run instead of waiting out the limit.
-                    # The labeler parses the whole payload each time, so the reports
-                    # come ever more rarely (50 ms, then 100, 200...): a run of T
-                    # seconds costs it log2(T / 50 ms) parses at most.
-                    _send(self.to_labeler, json.dumps({"id": task["id"], "progress": 1}).encode() + b"\n" + bytes(result))
-                    reported = len(result)
-                    next_report = now + report_every
-                    report_every *= 2
-                    due = False
-                wait = min(left, max(0.0, next_check - now))
-                if due:
-                    wait = min(wait, max(0.0, next_report - now))
-                if muted_until:
-                    wait = min(wait, muted_until - now)
-                read = False
-                for fd, _ in poller.poll(max(1, int(wait * 1000))):
-                    if fd == self.from_labeler:
-                        self.pump()
-                        if task["id"] in self.stops:
-                            end = "stopped"
-                        if self.closed:
-                            poller.unregister(fd)
-                    elif fd == pidfd:
-                        end = "exit"
-                    elif fd == res_r:
-                        if not result and calls_cpu_limit is not None:
-                            calls_end = used + calls_cpu_limit
-                            if calls_end < cpu_limit:
-                                cpu_limit, in_calls = calls_end, True
-                        result += _read_some(res_r)
-                        read = True
-                        if len(result) > task["max_result_bytes"]:
-                            end = "output_limit"
-                    else:
-                        # Output is counted and thrown away: printing never fails a
-                        # candidate (its CPU and wall limits bound how much it prints).
-                        out_bytes += len(_read_some(out_r))
-                        read = True
-                if read and not muted_until:
-                    poller.unregister(res_r)
-                    poller.unregister(out_r)
-                    muted_until = time.monotonic() + _MUTE
-            if end == "exit":
-                # The child is gone; what it wrote is in the pipe (its own children, still
-                # alive, may add more until they die next: that is not its result).
-                while len(result) <= task["max_result_bytes"]:
-                    b = _read_some(res_r)
-                    if not b:
-                        break
-                    result += b
-        finally:
-            os.close(pidfd)
-        duration = time.monotonic() - start
-        header = {"end": end, "code": 0, "duration": round(duration, 4), "output_bytes": out_bytes}
-        if detail:
-            header["detail"] = detail
-        if cpu_timeout:
-            header["cpu_limit"] = calls_cpu_limit if in_calls else cpu_limit
-            header["in_calls"] = in_calls
-        return header, bytes(result[: task["max_result_bytes"]])
+        self.muted_until = 0.0
+        self.poller = select.poll()
+        for fd in (res_r, out_r, pidfd, warden.from_labeler):
+            self.poller.register(fd, select.POLLIN)
+
+    def until_end(self) -> None:
+        while self.end is None:
+            now = time.monotonic()
+            self.unmute(now)
+            if (now >= self.next_check or now >= self.deadline) and self.measure():
+                break
+            left = self.deadline - now
+            if left <= 0:
+                self.end = "timeout"
+                break
+            waiting = self.report(now)
+            self.wait(now, left, waiting)
+        if self.end == "exit":
+            self.drain()
+
+    def unmute(self, now: float) -> None:
+        if self.muted_until and now >= self.muted_until:
+            self.poller.register(self.res_r, select.POLLIN)
+            self.poller.register(self.out_r, select.POLLIN)
+            self.muted_until = 0.0
+
+    def mute(self) -> None:
+        self.poller.unregister(self.res_r)
+        self.poller.unregister(self.out_r)
+        self.muted_until = time.monotonic() + _MUTE
+
+    def measure(self) -> bool:
+        """The tree's usage against the limits; True if it ends the run."""
+        memory, self.used, waited = self.warden.usage(self.warden._others())
+        limit = self.task["time_limit"]
+        self.deadline = self.start + limit + min(waited, _WAIT_CREDIT * limit)
+        if self.used >= self.cpu_limit:
+            self.end, self.cpu_timeout = "timeout", True
+            return True
+        memory_limit = self.warden.limits["memory_bytes"]
+        if memory > memory_limit:
+            self.end, self.detail = "memory", f"the candidate's processes held {memory >> 20} MB"
+            return True
+        self.next_check = time.monotonic() + _CHECK_EVERY
+        return False
+
+    def report(self, now: float) -> bool:
+        """Shows the labeler the results so far if a report is due; whether results wait
+        for the next one."""
+        if len(self.result) <= self.reported:
+            return False
+        if now < self.next_report:
+            return True
+        # A slow candidate: let the labeler judge what it has so far, so a wrong early
+        # answer ends the run instead of waiting out the limit. The labeler parses the
+        # whole payload each time, so the reports come ever more rarely (50 ms, then 100,
+        # 200...): a run of T seconds costs it log2(T / 50 ms) parses at most.
+        progress = wire.message({"id": self.task["id"], "progress": 1}, bytes(self.result))
+        wire.write_frame(self.warden.to_labeler, progress)
+        self.reported = len(self.result)
+        self.next_report = now + self.report_every
+        self.report_every *= 2
+        return False
+
+    def wait(self, now: float, left: float, waiting: bool) -> None:
+        """Polls until the next step is due (the next measurement, the deadline, the next
+        report if results wait for it, the end of the mute) and reads what came."""
+        wait = min(left, max(0.0, self.next_check - now))
+        if waiting:
+            wait = min(wait, max(0.0, self.next_report - now))
+        if self.muted_until:
+            wait = min(wait, self.muted_until - now)
+        read = False
+        for fd, _ in self.poller.poll(max(1, int(wait * 1000))):
+            if fd == self.warden.from_labeler:
+                self.hear_labeler()
+            elif fd == self.pidfd:
+                self.end = "exit"
+            elif fd == self.res_r:
+                self.read_results()
+                read = True
+            else:
+                # Output is counted and thrown away: printing never fails a candidate (its
+                # CPU and wall limits bound how much it prints).
+                self.out_bytes += len(_read_some(self.out_r))
+                read = True
+        if read and not self.muted_until:
+            self.mute()
+
+    def hear_labeler(self) -> None:
+        """Takes in what the labeler sent: other tasks queue up; a stop of this one ends it."""
+        warden = self.warden
+        warden.pump()
+        if self.task["id"] in warden.stops:
+            self.end = "stopped"
+        if warden.closed:
+            self.poller.unregister(warden.from_labeler)
+
+    def read_results(self) -> None:
+        if not self.result and self.calls_cpu_limit is not None:
+            # The first frame: the module has loaded, the test calls begin.
+            calls_end = self.used + self.calls_cpu_limit
+            if calls_end < self.cpu_limit:
+                self.cpu_limit, self.in_calls = calls_end, True
+        self.result += _read_some(self.res_r)
+        if len(self.result) > self.task["max_result_bytes"]:
+            self.end = "output_limit"
+
+    def drain(self) -> None:
+        # The child is gone; what it wrote is in the pipe (its own children, still alive,
+        # may add more until they die next: that is not its result).
+        while len(self.result) <= self.task["max_result_bytes"]:
+            b = _read_some(self.res_r)
+            if not b:
+                break
+            self.result += b
+
+    def outcome(self) -> tuple[dict, bytes]:
+        duration = time.monotonic() - self.start
+        header = {"end": self.end, "code": 0, "duration": round(duration, 4), "output_bytes": self.out_bytes}
+        if self.detail:
+            header["detail"] = self.detail
+        if self.cpu_timeout:
+            header["cpu_limit"] = self.calls_cpu_limit if self.in_calls else self.cpu_limit
+            header["in_calls"] = self.in_calls
+        return header, bytes(self.result[: self.task["max_result_bytes"]])
 
 
 def _read_some(fd: int) -> bytes:
@@ -1160,11 +1111,6 @@ def main() -> None:
     if not as_init:
         _prctl(36, 1)  # PR_SET_CHILD_SUBREAPER: orphans (setsid ones too) come back to us
     sys.path[:] = [p for p in sys.path if p and os.path.abspath(p) != os.path.abspath(config["scratch"])]
-    # The decoder goes into sys.modules under a private name, so the zygote can import it
-    # without a path lookup.
-    decoder = types.ModuleType("fractal_plain_decode")
-    exec(compile(config["decoder_source"], "fractal_plain_decode", "exec"), decoder.__dict__)
-    sys.modules["fractal_plain_decode"] = decoder
     for name in config["preload"]:
         try:
             __import__(name)
@@ -1186,7 +1132,7 @@ def main() -> None:
     _set_dumpable(False)
     warden = Warden(as_init, config["scratch"], config["limits"], from_labeler, to_labeler)
     warden.start_zygote()
-    _send(to_labeler, json.dumps({"ready": os.getpid(), "as_init": as_init, "uid": os.getuid()}).encode())
+    wire.write_frame(to_labeler, wire.message({"ready": os.getpid(), "as_init": as_init, "uid": os.getuid()}))
     while True:
         item = warden.next_task()
         if item is None:
@@ -1201,7 +1147,7 @@ def main() -> None:
             # again, by the pool, on a fresh worker) and the worker goes.
             header["replace"] = 1
             print(f"worker: replacing myself after task {task['id']}: {warden.broken}", file=sys.stderr, flush=True)
-        _send(to_labeler, json.dumps(header).encode() + b"\n" + payload)
+        wire.write_frame(to_labeler, wire.message(header, payload))
         if warden.broken:
             warden.stop_zygote()
             return

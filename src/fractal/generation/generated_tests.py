@@ -30,7 +30,7 @@ and fails the test for every candidate when they raise (an import of django).
 Record (data/generated_tests.jsonl, one line per problem, in problems order):
     {"problem_id", "inputs": [call, ...], "tests": [{"input", "expected", "count"}, ...],
      "asserts": [source, ...]}
-`inputs` are the distinct calls, as judge.py encodes them ([args, kwargs], plain data);
+`inputs` are the distinct calls, as wire.encode_call writes them ([args, kwargs], plain data);
 `tests` the distinct (input, expected) pairs, each pointing at its input, with `count`,
 how many times the model wrote it (CodeT's and SRank's scores weigh a test by it);
 `asserts[j]` is the first source text that gave tests[j]. A problem whose samples hold
@@ -53,8 +53,7 @@ import re
 from pathlib import Path
 from typing import Any, Iterable
 
-from fractal.execution.judge import _encode_call
-from fractal.execution.worker import encode_plain
+from fractal.execution.wire import encode_call, encode_plain
 from fractal.records import Problem
 
 # CodeT's STOP_TOKEN (src/postprocess.py): a test case ends at the first of these.
@@ -90,7 +89,7 @@ def _compiles_like_codet(test_case: str) -> bool:
 
 @dataclasses.dataclass
 class ParsedAssert:
-    call: str  # judge._encode_call's JSON text
+    call: str  # wire.encode_call's JSON text
     expected: Any  # encode_plain's form
     source: str
     trailing: bool = False  # statements followed the assert (CodeT would run them too)
@@ -124,7 +123,7 @@ def parse_assert(source: str, entry_point: str) -> ParsedAssert | str:
         args = [ast.literal_eval(a) for a in call.args]
         kwargs = {k.arg: ast.literal_eval(k.value) for k in call.keywords}
         expected = ast.literal_eval(value)
-        encoded_call = _encode_call(tuple(args), kwargs)
+        encoded_call = encode_call(tuple(args), kwargs)
         encoded_expected = encode_plain(expected)
         json.dumps(encoded_expected)  # NaN and inf are fine (allow_nan); nothing else can fail
     except (ValueError, TypeError, SyntaxError, RecursionError, MemoryError, OverflowError):
