@@ -12,12 +12,14 @@ import struct
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
+import yaml
 
 from fractal.execution import label_candidates
 from fractal.execution import isolation as isolation_module
-from fractal.execution.cache import LabelCache, label_key, limits_of
+from fractal.execution.cache import VERDICT_PARAMS, LabelCache, label_key, limits_of
 from fractal.execution.judge import UnreplayableTests, judge, plan_tests
 from fractal.execution.wire import MalformedPlainData, Opaque, decode_plain, encode_plain
 from fractal.params import LabelParams
@@ -211,6 +213,19 @@ def test_cache_key_and_concurrent_writers(tmp_path):
     assert a.get_many(["k1", "k2", "k3"]) == {"k1": ("passed", "", 0.1), "k2": ("failed", "assertion", 0.2)}
     a.close()
     b.close()
+
+
+def test_dvc_yaml_label_params_are_the_verdict_params():
+    # The params that can change a label are listed once (cache.VERDICT_PARAMS, the cache
+    # key's): dvc.yaml's label stage lists them, and label.isolation, which changes no
+    # verdict but the stage's metrics (how many labels were confined). The other label
+    # params change where and how fast candidates run, not how they are judged.
+    dvc_yaml = Path(__file__).resolve().parent.parent / "dvc.yaml"
+    listed = yaml.safe_load(dvc_yaml.read_text())["stages"]["label"]["params"]
+    assert sorted(listed) == sorted([f"label.{name}" for name in VERDICT_PARAMS] + ["label.isolation"])
+    neither = {"workers", "preload", "preload_heavy", "hide_paths", "cache_dir"}
+    assert {f.name for f in dataclasses.fields(LabelParams)} == set(VERDICT_PARAMS) | {"isolation"} | neither
+    assert set(limits_of(LabelParams())) == set(VERDICT_PARAMS)
 
 
 # ------------------------------------------------------------------------------------------

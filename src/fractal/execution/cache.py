@@ -14,36 +14,64 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
+import sys
 import time
 from pathlib import Path
+from typing import Callable, Protocol
 
 from fractal.params import LabelParams
-from fractal.records import Problem
+from fractal.records import Generation, Problem
 
 # Bump when a change to the labeler can change a label, so old entries are not reused.
 LABELER_VERSION = "fractal-execution-3"  # 3: problem statuses, no-reference recording
 
 
+# The label params that can change a verdict, listed once: they key the cache, and they
+# are the label stage's params in dvc.yaml (with label.isolation, which changes no verdict
+# but the stage's metrics; tests/test_execution.py checks that the two agree). Not among
+# them: workers, isolation, cache_dir, the preloads and hide_paths.
+VERDICT_PARAMS = ("timeout_factor", "timeout_floor", "timeout_cap", "timeout_cpu_floor", "timeout_calls_cpu_floor",
+                  "memory_mb", "max_output_bytes", "max_result_bytes", "max_processes", "scratch_mb",
+                  "recursion_limit")
+
+
 def limits_of(params: LabelParams) -> dict:
-    """The params that can change a label (not workers, isolation or cache_dir)."""
-    return {
-        "timeout_factor": params.timeout_factor,
-        "timeout_floor": params.timeout_floor,
-        "timeout_cpu_floor": params.timeout_cpu_floor,
-        "timeout_calls_cpu_floor": params.timeout_calls_cpu_floor,
-        "timeout_cap": params.timeout_cap,
-        "memory_mb": params.memory_mb,
-        "max_output_bytes": params.max_output_bytes,
-        "max_result_bytes": params.max_result_bytes,
-        "max_processes": params.max_processes,
-        "scratch_mb": params.scratch_mb,
-        "recursion_limit": params.recursion_limit,
-    }
+    """The params that can change a label (VERDICT_PARAMS), by name."""
+    return {name: getattr(params, name) for name in VERDICT_PARAMS}
 
 
 def label_key(problem: Problem, program: str, limits: dict) -> str:
     doc = [LABELER_VERSION, problem.entry_point, problem.test_style, problem.tests, problem.reference, program, limits]
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode("utf-8", "surrogatepass")).hexdigest()
+
+
+class Store(Protocol):
+    """A content-addressed store of results: LabelCache, probe.ProbeCache."""
+
+    def get_many(self, keys: list[str]) -> dict: ...
+
+    def close(self) -> None: ...
+
+
+def cached_or_run(stage: str, keys: list[str], generations: list[Generation], cache: Store,
+                  run: Callable[[list[tuple[str, Generation]]], dict], cache_note: str = "") -> dict:
+    """Each distinct key's result (keys[i] is generations[i]'s): the cache's where it has
+    one, else `run`'s, which gets every other key once, with the first generation that has
+    it, as (key, generation) pairs. Says on stderr how many there are of each; closes the
+    cache, whose writes `run` makes as it goes (so a killed stage resumes)."""
+    first_of: dict[str, Generation] = {}
+    for key, g in zip(keys, generations):
+        first_of.setdefault(key, g)
+    try:
+        known = cache.get_many(list(first_of))
+        todo = [(key, g) for key, g in first_of.items() if key not in known]
+        print(f"{stage}: {len(generations)} candidates, {len(first_of)} distinct programs, {len(known)} in the "
+              f"cache{cache_note}, {len(todo)} to run", file=sys.stderr)
+        if todo:
+            known.update(run(todo))
+    finally:
+        cache.close()
+    return known
 
 
 class LabelCache:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from fractal.execution.cache import LabelCache, label_key, limits_of
+from fractal.execution.cache import LabelCache, cached_or_run, label_key, limits_of
 from fractal.execution.isolation import mode_of
 from fractal.execution.judge import COUNTED, JUDGED, TestPlan, judge, plan_tests
 from fractal.execution.pool import WorkerPool
@@ -46,20 +46,9 @@ def label_candidates(problems: list[Problem], generations: list[Generation], par
                          "were generations made from another prepare output?")
     limits = limits_of(params)
     keys = [label_key(by_id[g.problem_id], g.program, limits) for g in generations]
-    first_of: dict[str, Generation] = {}
-    for key, g in zip(keys, generations):
-        first_of.setdefault(key, g)
-
     cache = LabelCache(params.cache_dir, mode_of(params))
-    try:
-        known = cache.get_many(list(first_of))
-        todo = [(key, g) for key, g in first_of.items() if key not in known]
-        print(f"label: {len(generations)} candidates, {len(first_of)} distinct programs, "
-              f"{len(known)} in the cache ({cache.isolation}), {len(todo)} to run", file=sys.stderr)
-        if todo:
-            known.update(_execute(todo, by_id, params, cache))
-    finally:
-        cache.close()
+    known = cached_or_run("label", keys, generations, cache, lambda todo: _execute(todo, by_id, params, cache),
+                          cache_note=f" ({cache.isolation})")
     plans = plan_problems([by_id[pid] for pid in sorted({g.problem_id for g in generations})])
     _list_odd_problems(plans)
     labels = []

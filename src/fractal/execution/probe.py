@@ -51,6 +51,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from fractal.execution.cache import cached_or_run
 from fractal.execution.judge import _exception_status, _name, end_status
 from fractal.execution.labeler import _compile, _cores, _groups
 from fractal.execution.pool import WorkerPool
@@ -182,19 +183,9 @@ def probe_candidates(problems: list[Problem], generations: list[Generation], gen
     limits = _limits(params, sandbox)
     keys = [probe_key(by_id[g.problem_id].entry_point, g.program, tests_of[g.problem_id], limits)
             for g in generations]
-    first_of: dict[str, Generation] = {}
-    for key, g in zip(keys, generations):
-        first_of.setdefault(key, g)
     cache = ProbeCache(params.cache_dir)
-    try:
-        known = cache.get_many(list(first_of))
-        todo = [(key, g) for key, g in first_of.items() if key not in known]
-        print(f"probe: {len(generations)} candidates, {len(first_of)} distinct programs, {len(known)} in the "
-              f"cache, {len(todo)} to run", file=sys.stderr)
-        if todo:
-            known.update(_execute(todo, by_id, tests_of, params, sandbox, cache))
-    finally:
-        cache.close()
+    known = cached_or_run("probe", keys, generations, cache,
+                          lambda todo: _execute(todo, by_id, tests_of, params, sandbox, cache))
     out = []
     for key, g in zip(keys, generations):
         status, outputs, passed = known[key]
