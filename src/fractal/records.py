@@ -136,33 +136,49 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 @contextlib.contextmanager
 def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
     """Yields an empty temporary folder beside `path`; on success it takes `path`'s place in
-    one step (Linux renameat2 RENAME_EXCHANGE, so readers see the old folder or the new one,
-    never none), then the old one is deleted. On failure or a kill the old folder stays and
-    the temporary one is removed (or, after a kill, left as a dot-folder the next call does
-    not reuse). Where the exchange is not available (another OS, an old kernel) the old
-    folder is renamed aside first: a kill between the two renames leaves it beside `path`
-    under a `.old` name."""
-    import shutil
-
+    one step (move_into_place), and the old one is deleted. On failure or a kill the old
+    folder stays and the temporary one is removed (or, after a kill, left as a dot-folder
+    the next call does not reuse)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
         os.chmod(tmp, 0o755)  # mkdtemp makes 0700 folders; outputs are for everyone to read
-        if path.exists() and _exchange(tmp, path):
-            shutil.rmtree(tmp)  # now the old folder
-            return
-        old = None
-        if path.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
-            os.replace(path, old / path.name)
-        os.replace(tmp, path)
-        if old is not None:
-            shutil.rmtree(old)
+        move_into_place(tmp, path)
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        if os.path.lexists(tmp):
+            _remove(tmp)
+
+
+def move_into_place(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Moves src (a file, a folder or a link) to dst, on the same filesystem, whatever is at
+    dst: readers see the old one or the new one, never none or half (Linux renameat2
+    RENAME_EXCHANGE), and the old one is then deleted (a link is removed, never what it
+    points to). For a folder already written elsewhere, as fetched outputs are; atomic_folder
+    writes one in place. Where the exchange is not available (another OS, an old kernel) the
+    old one is renamed aside first: a kill between the two renames leaves it beside dst
+    under a `.old` name."""
+    src, dst = Path(src), Path(dst)
+    if os.path.lexists(dst) and _exchange(src, dst):
+        _remove(src)  # now the old one
+        return
+    old = None
+    if os.path.lexists(dst):
+        old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".old", dir=dst.parent))
+        os.replace(dst, old / dst.name)
+    os.replace(src, dst)
+    if old is not None:
+        _remove(old)
+
+
+def _remove(path: Path) -> None:
+    import shutil
+
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink()
 
 
 def _exchange(a: Path, b: Path) -> bool:

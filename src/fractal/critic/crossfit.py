@@ -28,7 +28,7 @@ from fractal.critic.folds import make_folds
 from fractal.critic.inputs import critic_input, encode
 from fractal.critic.train import Batches, FoldResult, Head, train_fold
 from fractal.params import ParamsError, TrainParams
-from fractal.records import Generation, Label, Problem, Score
+from fractal.records import Generation, Label, Problem, Score, atomic_folder
 
 METHODS = ("head", "full", "lora")
 
@@ -193,21 +193,18 @@ class _LogitsOnly(torch.nn.Module):
 
 def export(run: CriticRun, work_dir: str | Path, out_dir: str | Path) -> None:
     """Writes the DVC-tracked critic: per fold, each epoch's weights and the best, plus
-    critic.json. Written beside out_dir and renamed in, so a kill leaves no half folder."""
+    critic.json. Written beside out_dir and swapped in (records.atomic_folder), so a kill
+    leaves the old folder or the new one, never none or half."""
     import shutil
 
-    work_dir, out_dir = Path(work_dir), Path(out_dir)
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for r in run.folds:
-        src, dst = work_dir / f"fold-{r.fold}", tmp / f"fold-{r.fold}"
-        dst.mkdir()
-        for ckpt in sorted(src.glob("epoch-*.pt")):
-            state = torch.load(ckpt, map_location="cpu", weights_only=False)
-            torch.save({"model": state["model"], "epoch": state["epoch"], "metrics": state["history"][-1]}, dst / ckpt.name)
-        shutil.copy2(src / "best.pt", dst / "best.pt")
-    config = {**run.config, "best_epochs": {r.fold: r.best_epoch for r in run.folds}}
-    (tmp / "critic.json").write_text(json.dumps(config, indent=2) + "\n")
-    shutil.rmtree(out_dir, ignore_errors=True)
-    tmp.rename(out_dir)
+    work_dir = Path(work_dir)
+    with atomic_folder(out_dir) as tmp:
+        for r in run.folds:
+            src, dst = work_dir / f"fold-{r.fold}", tmp / f"fold-{r.fold}"
+            dst.mkdir()
+            for ckpt in sorted(src.glob("epoch-*.pt")):
+                state = torch.load(ckpt, map_location="cpu", weights_only=False)
+                torch.save({"model": state["model"], "epoch": state["epoch"], "metrics": state["history"][-1]}, dst / ckpt.name)
+            shutil.copy2(src / "best.pt", dst / "best.pt")
+        config = {**run.config, "best_epochs": {r.fold: r.best_epoch for r in run.folds}}
+        (tmp / "critic.json").write_text(json.dumps(config, indent=2) + "\n")

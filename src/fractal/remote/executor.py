@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
+from fractal.records import move_into_place
 from fractal.remote.config import ConfigError, ExecutorConfig, RemoteSettings, SSHSettings, load_config
 from fractal.remote.dvcfile import StageError, StageSpec, load_stage
 from fractal.remote.ssh import HostKeyError, RemoteError, Target, rsync
@@ -609,15 +610,7 @@ def _replace(src: Path, dst: Path) -> None:
     """Moves src to dst with renames only: dst is the old version or the new one, never half
     (and a file DVC linked from its cache is replaced, not written through)."""
     dst.parent.mkdir(parents=True, exist_ok=True)
-    if src.is_dir() or dst.is_dir():
-        old = dst.with_name(f".{dst.name}.fractal-old-{secrets.token_hex(3)}")
-        if os.path.lexists(dst):
-            os.replace(dst, old)
-        os.replace(src, dst)
-        if os.path.lexists(old):
-            shutil.rmtree(old) if old.is_dir() and not old.is_symlink() else old.unlink()
-    else:
-        os.replace(src, dst)
+    move_into_place(src, dst)
 
 
 def _git_files() -> list[str]:

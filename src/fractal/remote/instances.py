@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
+from fractal.records import atomic_path
 from fractal.remote.api import INSUFFICIENT_CAPACITY, Instance, LambdaAPIError, LambdaClient, Retry
 from fractal.remote.config import LambdaSettings, fractal_home
 from fractal.remote.ssh import HostKeyError, RemoteError, Target, wait_for_ssh, write_ssh_config
@@ -78,9 +79,8 @@ class Registry:
             fcntl.flock(lock, fcntl.LOCK_EX)
             state = self._read()
             yield state
-            tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(state, indent=1, sort_keys=True))
-            tmp.replace(self.path)
+            with atomic_path(self.path) as tmp:
+                tmp.write_text(json.dumps(state, indent=1, sort_keys=True))
 
     def read(self) -> dict[str, dict[str, Any]]:
         with self.locked() as state:

@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from fractal.records import atomic_path
+
 if TYPE_CHECKING:  # importing fabric costs ~0.3 s; only remote runs pay it
     import fabric
 
@@ -146,9 +148,8 @@ def write_ssh_config(path: Path, alias: str, host: str, user: str, port: int, id
         "  StrictHostKeyChecking yes", "  BatchMode yes", "  ConnectTimeout 15",
         "  ServerAliveInterval 15", "  ServerAliveCountMax 4", "",
     ]
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("\n".join(lines))
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        tmp.write_text("\n".join(lines))
 
 
 def wait_for_ssh(host: str, port: int, deadline: float, poll: float = 1.0) -> None:
