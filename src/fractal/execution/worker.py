@@ -1,8 +1,8 @@
 """The warm worker that runs candidates, one forked process per candidate.
 
-This file runs as a script inside the sandbox (see isolation.py), so it imports the
-standard library only and never `fractal`; the format values and messages cross in is
-wire.py's, whose source comes in the worker's config (see `_wire_from_source`).
+This file runs as a script inside the sandbox (see isolation.py), so there it imports the
+standard library only and never `fractal`. The plain data and the frames it speaks are
+wire.py's, whose source the labeler puts in the worker's config (`_wire_from_source`).
 
 Three kinds of process, all in the sandbox's PID namespace:
 - the warden (PID 1): talks to the labeler, watches the running candidate (wall time,
@@ -73,13 +73,13 @@ at most claim a return value, which is the same as returning it.
 Protocol with the labeler (stdin/stdout of the warden): frames whose bodies are messages,
 a JSON header line and bytes (wire.py). The labeler sends tasks (the JSON, then the
 candidate's code object, marshalled, or nothing when the source is in the JSON), and
-{"stop": id} to end a running task whose verdict it already knows. A task carries its problem's test inputs
-the first time this worker sees that problem. For each task the warden answers one
-frame: a JSON header line, then the raw bytes the child wrote to its result pipe (the
-child's own length-prefixed JSON frames, parsed by the labeler). A candidate still
-running after 50 ms also gets progress frames (header {"id", "progress": 1}) with its
-results so far, at intervals that double (50 ms, 100 ms, ...), so that the labeler,
-which parses the whole payload each time, parses it a dozen times at most.
+{"stop": id} to end a running task whose verdict it already knows. A task carries its
+problem's test inputs the first time this worker sees that problem. For each task the
+warden answers one frame: a JSON header line, then the raw bytes the child wrote to its
+result pipe (the child's own frames, parsed by the labeler: wire.parse_frames). A
+candidate still running after 50 ms also gets progress frames (header {"id", "progress":
+1}) with its results so far, at intervals that double (50 ms, 100 ms, ...), so that the
+labeler, which parses the whole payload each time, parses it a dozen times at most.
 """
 from __future__ import annotations
 
