@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from fractal.remote.config import ConfigError, load_config
-from fractal.remote.dvcfile import StageError, load_stage
+from fractal.dvcfile import StageError, load_stage
 from fractal.remote.executor import workspace_name
 
 

@@ -43,7 +43,7 @@ def _run(args: argparse.Namespace) -> int:
                                         machine=lambda section: section == args.stage and where(section) == "local")
             if errors:
                 raise params.ParamsError(errors)
-        from fractal.remote.executor import run_stage  # local, ssh or lambda: .fractal/executor.yaml, FRACTAL_EXECUTOR
+        from fractal.dispatch import run_stage  # local, ssh or lambda: .fractal/executor.yaml, FRACTAL_EXECUTOR
         from fractal.tracking import tracked  # MLflow (seconds to import): checks the store answers, then runs the stage
 
         return tracked(args.stage, lambda: run_stage(args.stage, args.args), executor)

@@ -220,21 +220,17 @@ class StageRecord:
 def describe_stage(stage: str, root: Path | None = None) -> StageRecord:
     """The stage's params, dep and out hashes and metrics, read through DVC itself."""
     from dvc.dependency.param import ParamsDependency
-    from dvc.repo import Repo
 
-    from fractal.remote.dvcfile import stage_address
+    from fractal.dvcfile import dvc_stage, stage_address
 
-    root = root or Path.cwd()
-    dvcfile, name = stage_address(stage)
-    record = StageRecord(stage=name)
-    with Repo(str(root)) as repo:
-        [dvc_stage] = repo.stage.collect(f"{(root / dvcfile).resolve()}:{name}")
-        for dep in dvc_stage.deps:
+    record = StageRecord(stage=stage_address(stage)[1])
+    with dvc_stage(stage, root) as found:
+        for dep in found.deps:
             if isinstance(dep, ParamsDependency):
                 record.params.update(_flatten(dep.get_hash().value or {}))
             elif dep.exists:
                 record.deps[dep.def_path] = dep.get_hash().value
-        for out in dvc_stage.outs:
+        for out in found.outs:
             if not out.exists:
                 continue
             record.outs[out.def_path] = out.get_hash().value
@@ -509,25 +505,15 @@ def _producing_runs(client: Any, exp_id: str, path: str) -> list[Any]:
 
 
 def _stages_with_out(path: str) -> list[str]:
-    return [stage for stage, out in _outs_by_stage(Path.cwd()) if out == path]
+    from fractal.dvcfile import declared_outputs
+
+    return [stage for stage, out in declared_outputs(Path.cwd()) if out == path]
 
 
 def _all_outs(root: Path) -> list[str]:
-    return sorted({out for _, out in _outs_by_stage(root)})
+    from fractal.dvcfile import declared_outputs
 
-
-def _outs_by_stage(root: Path) -> list[tuple[str, str]]:
-    """(stage, output path) for every output dvc.yaml declares (plain dvc.yaml files)."""
-    import yaml
-
-    try:
-        doc = yaml.safe_load((root / "dvc.yaml").read_text()) or {}
-    except (OSError, yaml.YAMLError):
-        return []
-    from fractal.remote.dvcfile import declared_paths
-
-    return [(name, path) for name, entry in (doc.get("stages") or {}).items()
-            for section in ("outs", "metrics", "plots") for path in declared_paths((entry or {}).get(section))]
+    return sorted({out for _, out in declared_outputs(root)})
 
 
 def _describe_run(client: Any, run: Any) -> list[str]:

@@ -287,9 +287,8 @@ def _ssh(args: argparse.Namespace) -> int:
 
 
 def _sync(args: argparse.Namespace) -> int:
-    from fractal.remote.dvcfile import StageSpec, load_stage
+    from fractal.dvcfile import StageSpec, load_stage
     from fractal.remote.executor import RemoteRun
-
     from fractal.remote.instances import holding
 
     ctx = _Context()
@@ -309,7 +308,7 @@ def _sync(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from fractal.remote.executor import _duration
+    from fractal.remote.executor import format_duration
 
     ctx = _Context()
     ctx.reap()
@@ -328,7 +327,7 @@ def _status(args: argparse.Namespace) -> int:
         per_hour += i.price_cents_per_hour / 100
         if entry:
             up = now - entry["launched_at"]
-            uptime, cost = _duration(up), f"${i.price_cents_per_hour / 100 * up / 3600:.2f}"
+            uptime, cost = format_duration(up), f"${i.price_cents_per_hour / 100 * up / 3600:.2f}"
             note = ("adopted (fractal's tags, its record was lost)" if entry.get("adopted")
                     else "kept" if entry.get("keep") else "launched by a run")
             users = [h for h in holders(entry).values() if _holder_alive(h)]

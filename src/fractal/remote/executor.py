@@ -1,4 +1,5 @@
-"""`fractal run STAGE`: run stages/STAGE.py here, on an SSH host, or on a Lambda instance.
+"""A stage on a remote host (an SSH host, or a Lambda instance lambda_run acquired): `RemoteRun`.
+fractal.dispatch decides where a stage runs; this module runs it there.
 
 A remote run, in order: connect (Fabric) -> make the remote directories and look for the
 environment -> rsync the files git tracks plus the stage's deps to a working directory unique
@@ -20,7 +21,6 @@ import re
 import secrets
 import shlex
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -29,9 +29,9 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
+from fractal.dvcfile import StageSpec, load_stage
 from fractal.records import move_into_place
-from fractal.remote.config import ConfigError, ExecutorConfig, RemoteSettings, SSHSettings, load_config
-from fractal.remote.dvcfile import StageError, StageSpec, load_stage
+from fractal.remote.config import ConfigError, ExecutorConfig, RemoteSettings, SSHSettings
 from fractal.remote.ssh import HostKeyError, RemoteError, Target, rsync
 
 if TYPE_CHECKING:
@@ -45,42 +45,6 @@ FORWARDED_DVC_VARS = ("DVC_EXP_NAME", "DVC_EXP_BASELINE_REV", "DVC_STAGE")
 ENV_FILES = ("pyproject.toml", "setup.py", "setup.cfg", "requirements.txt", "requirements-gpu.txt")
 
 
-def run_stage(stage: str, argv: list[str]) -> int:
-    """What `fractal run STAGE ARGS...` does; returns the exit code for DVC."""
-    script = Path("stages") / f"{stage}.py"
-    if not script.exists():
-        known = ", ".join(sorted(p.stem for p in Path("stages").glob("*.py")))
-        print(f"fractal run: {script} not found (run from the repository root; stages: {known})", file=sys.stderr)
-        return 2
-    try:
-        cfg = load_config()
-        executor = cfg.executor_for(stage)
-    except ConfigError as e:
-        print(f"fractal run: {e}", file=sys.stderr)
-        return 2
-    if executor == "local":  # through fractal.stage: an error the user can fix prints one line, not a traceback
-        return subprocess.call([sys.executable, "-m", "fractal.stage", f"stages/{stage}.py", *argv])
-    configure_logging()
-    try:
-        with interrupts_raise():
-            if executor == "ssh":
-                return run_on_ssh_host(stage, argv, cfg)
-            from fractal.remote.lambda_run import run_on_lambda
-            return run_on_lambda(stage, argv, cfg)
-    except KeyboardInterrupt:
-        log.error("%s: interrupted", stage)
-        return 130
-    except (RemoteError, StageError, ConfigError) as e:
-        log.error("%s", e)
-        return 1
-    except Exception as e:  # the API's errors carry their own advice
-        from fractal.remote.api import LambdaAPIError
-        if isinstance(e, LambdaAPIError):
-            log.error("%s", e)
-            return 1
-        raise
-
-
 def stage_command(stage: str, argv: list[str], python: str) -> list[str]:
     """The same command wherever the stage runs."""
     return [python, f"stages/{stage}.py", *argv]
@@ -91,7 +55,7 @@ def run_on_ssh_host(stage: str, argv: list[str], cfg: ExecutorConfig) -> int:
     spec = load_stage(stage)
     t0 = time.monotonic()
     rc = RemoteRun(target, cfg.remote, spec, stage, argv).execute()
-    log.info("%s ran on %s in %s", stage, target.label, _duration(time.monotonic() - t0))
+    log.info("%s ran on %s in %s", stage, target.label, format_duration(time.monotonic() - t0))
     return rc
 
 
@@ -113,25 +77,6 @@ def configure_logging() -> None:
     logger.setLevel(logging.INFO)
 
 
-@contextlib.contextmanager
-def interrupts_raise() -> Iterator[None]:
-    """SIGTERM and SIGHUP (dvc queue kill, a closed terminal) unwind like Ctrl-C, so the
-    cleanup that terminates instances runs for them too."""
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt(signal.Signals(signum).name)
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-
-
 def workspace_name(cwd: Path | None = None) -> str:
     """The remote working directory's name: one per DVC experiment (DVC_EXP_NAME, set for
     `dvc exp run` and queued experiments) and otherwise one per local workspace path."""
@@ -147,7 +92,8 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text)[:100]
 
 
-def _duration(seconds: float) -> str:
+def format_duration(seconds: float) -> str:
+    """A span of time for a person: 4.2 s, 3m07s, 1h02m03s."""
     if seconds < 60:
         return f"{seconds:.1f} s"
     m, s = divmod(int(seconds), 60)
@@ -262,42 +208,85 @@ class RemoteRun:
         finally:
             self.timings[phase] = time.monotonic() - t0
 
-    def _run(self, cmd: str, stdin: str = "", timeout: float = 300.0) -> Result:
-        """Runs a short command on the Fabric connection's transport and collects its output.
-        (Fabric's own run feeds stdin a byte at a time with a 10 ms pause each: 15 s for a
-        1.5 kB script, so the few commands with input go through the channel directly.)"""
+    def _channel(self, cmd: str, on_output: Callable[[bytes], None], stdin: bytes = b"",
+                 merge_stderr: bool = False, timeout: float | None = None, too_long: str = "") -> tuple[int, bytes]:
+        """Runs cmd on a new session channel of the connection, the one way every command here
+        goes: stdin is sent and closed, stdout (with stderr when merge_stderr) goes to
+        on_output as it comes, stderr is collected; returns (exit status, stderr). A link
+        silent for remote.keepalive_seconds is probed; after `timeout` seconds it gives up
+        (saying too_long, or how long it waited).
+        Raises _Dropped when the link goes, or when the channel closes without an exit status
+        (paramiko's -1 is returned only if the server sent exactly that)."""
         assert self.conn is not None
-        out, err = bytearray(), bytearray()
+        transport = self.conn.client.get_transport()
         try:
-            transport = self.conn.client.get_transport()
             if transport is None or not transport.is_active():
                 raise EOFError("transport closed")
             chan = transport.open_session(timeout=15)
+            chan.set_combine_stderr(merge_stderr)
+            chan.settimeout(0.1)  # short: stderr is drained between reads of stdout
             chan.exec_command(cmd)
             if stdin:
-                chan.sendall(stdin.encode())
+                chan.sendall(stdin)
             chan.shutdown_write()
-            deadline = time.monotonic() + timeout
-            while True:
-                busy = False
-                if chan.recv_ready():
-                    out += chan.recv(1 << 16)
-                    busy = True
-                if chan.recv_stderr_ready():
-                    err += chan.recv_stderr(1 << 16)
-                    busy = True
-                if not busy:
-                    if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
-                        break
-                    if chan.closed or not transport.is_active():
-                        raise EOFError("channel closed without an exit status")
-                    if time.monotonic() > deadline:
-                        raise TimeoutError(f"no answer in {timeout:.0f} s")
-                    time.sleep(0.002)
-            status = chan.recv_exit_status()
-            chan.close()
         except Exception as e:  # OSError, EOFError, paramiko.SSHException: the link is gone
-            raise _Dropped(f"{self.target.label}: lost the connection ({e or type(e).__name__})") from None
+            raise _Dropped(str(e) or type(e).__name__) from None
+        err = bytearray()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        quiet_since = time.monotonic()
+        while True:  # stdout until its EOF (or an exit status with nothing left to read)
+            try:
+                while chan.recv_stderr_ready():
+                    err += chan.recv_stderr(1 << 16)
+                data = chan.recv(1 << 16)
+            except socket.timeout:
+                if not transport.is_active():
+                    raise _Dropped("transport closed") from None
+                if chan.exit_status_ready() and not chan.recv_ready():
+                    break
+                if deadline is not None and time.monotonic() > deadline:
+                    raise _Dropped(too_long or f"no answer in {timeout:.0f} s") from None
+                if time.monotonic() - quiet_since > self.settings.keepalive_seconds:  # make sure the link lives
+                    self._probe(transport)
+                    quiet_since = time.monotonic()
+                continue
+            except (OSError, EOFError) as e:
+                raise _Dropped(str(e) or type(e).__name__) from None
+            if not data:
+                break
+            quiet_since = time.monotonic()
+            on_output(data)
+        # Then the rest of stderr and the exit status; a channel that closes (or a link that
+        # dies) without them was cut, not finished.
+        end = time.monotonic() + 30
+        while True:
+            try:
+                chunk = chan.recv_stderr(1 << 16)
+            except socket.timeout:
+                chunk = None
+            except (OSError, EOFError) as e:
+                raise _Dropped(str(e) or type(e).__name__) from None
+            if chunk:
+                err += chunk
+            elif chan.exit_status_ready() and not chan.recv_stderr_ready():
+                break
+            elif chan.closed or not transport.is_active() or time.monotonic() > end:
+                raise _Dropped("the channel ended without an exit status")
+            else:
+                time.sleep(0.002)  # stderr at EOF answers at once: wait for the status without spinning
+        status = chan.recv_exit_status()
+        chan.close()
+        return status, bytes(err)
+
+    def _run(self, cmd: str, stdin: str = "", timeout: float = 300.0) -> Result:
+        """Runs a short command and collects its output. (Fabric's own run feeds stdin a byte
+        at a time with a 10 ms pause each: 15 s for a 1.5 kB script, so commands go through
+        the channel directly.)"""
+        out = bytearray()
+        try:
+            status, err = self._channel(cmd, out.extend, stdin.encode(), timeout=timeout)
+        except _Dropped as e:
+            raise _Dropped(f"{self.target.label}: lost the connection ({e})") from None
         return Result(status, out.decode(errors="replace"), err.decode(errors="replace"))
 
     def prepare(self) -> None:
@@ -383,36 +372,17 @@ class RemoteRun:
         run would wait for the remote command to finish). A connection silent for
         remote.keepalive_seconds is probed, and the command gives up after
         remote.setup_timeout_minutes: a dropped network fails it in bounded time."""
-        assert self.conn is not None
-        deadline = time.monotonic() + self.settings.setup_timeout_minutes * 60
+        def show(data: bytes) -> None:
+            out.write(data.decode(errors="replace"))
+            out.flush()
+
+        minutes = self.settings.setup_timeout_minutes
         try:
-            transport = self.conn.client.get_transport()
-            chan = transport.open_session(timeout=15)
-            chan.set_combine_stderr(True)
-            chan.settimeout(1.0)
-            chan.exec_command(cmd)
-            quiet_since = time.monotonic()
-            while True:
-                try:
-                    data = chan.recv(65536)
-                except socket.timeout:
-                    if time.monotonic() > deadline:
-                        raise TimeoutError(f"not done after {self.settings.setup_timeout_minutes:g} min "
-                                           "(remote.setup_timeout_minutes)") from None
-                    if time.monotonic() - quiet_since > self.settings.keepalive_seconds:
-                        self._probe(transport)
-                        quiet_since = time.monotonic()
-                    continue
-                if not data:
-                    break
-                quiet_since = time.monotonic()
-                out.write(data.decode(errors="replace"))
-                out.flush()
-            return chan.recv_exit_status()
-        except _Dropped:
-            raise
-        except Exception as e:
-            raise _Dropped(f"{self.target.label}: lost the connection ({e or type(e).__name__})") from None
+            status, _ = self._channel(cmd, show, merge_stderr=True, timeout=minutes * 60,
+                                      too_long=f"not done after {minutes:g} min (remote.setup_timeout_minutes)")
+        except _Dropped as e:
+            raise _Dropped(f"{self.target.label}: lost the connection ({e})") from None
+        return status
 
     def _env_file(self) -> str:
         lines = [f"export PYTHONPATH={_q(self.work + '/src')}${{PYTHONPATH:+:$PYTHONPATH}}",
@@ -466,60 +436,18 @@ class RemoteRun:
         {"rc": exit code or None, "manifest": outputs' checksums}."""
         import json
 
-        assert self.conn is not None
-        transport = self.conn.client.get_transport()
         run, outs = self.run_dir, " ".join(_q(o.path) for o in self.spec.outs)
-        try:
-            if transport is None or not transport.is_active():
-                raise _Dropped("transport closed")
-            chan = transport.open_session(timeout=15)
-            chan.settimeout(1.0)
-            chan.exec_command(f"cd {_q(self.work)} && exec {_q(self.env)}/bin/python - follow {_q(run + '/log')} "
-                              f"{_q(run + '/rc')} {pid} {self.log_offset} {outs}")
-            chan.sendall(_remote_script("agent.py").encode())
-            chan.shutdown_write()
-        except Exception as e:  # OSError, EOFError, paramiko.SSHException: the link is gone
-            raise _Dropped(str(e) or type(e).__name__) from None
-        err = bytearray()
-        quiet_since = time.monotonic()
-        while True:
-            try:
-                while chan.recv_stderr_ready():
-                    err += chan.recv_stderr(1 << 16)
-                data = chan.recv(1 << 16)
-            except socket.timeout:
-                if not transport.is_active():
-                    raise _Dropped("transport closed") from None
-                if time.monotonic() - quiet_since > self.settings.keepalive_seconds:  # make sure the link lives
-                    self._probe(transport)
-                    quiet_since = time.monotonic()
-                continue
-            except (OSError, EOFError) as e:
-                raise _Dropped(str(e)) from None
-            if not data:
-                break
-            quiet_since = time.monotonic()
+
+        def show(data: bytes) -> None:
             self.log_offset += len(data)
             self.out.write(data)
             self.out.flush()
             if self.on_log is not None:
                 self.on_log(data)
-        # After stdout's EOF come the agent's result on stderr and its exit status; a channel
-        # that closes (or a link that dies) without them was cut, not finished.
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                chunk = chan.recv_stderr(1 << 16)
-            except socket.timeout:
-                chunk = None
-            if chunk:
-                err += chunk
-            elif chan.exit_status_ready() and not chan.recv_stderr_ready():
-                break
-            elif chan.closed or not transport.is_active() or time.monotonic() > deadline:
-                raise _Dropped("the log stream ended without the stage's result")
-        status = chan.recv_exit_status()
-        chan.close()
+
+        status, err = self._channel(
+            f"cd {_q(self.work)} && exec {_q(self.env)}/bin/python - follow {_q(run + '/log')} "
+            f"{_q(run + '/rc')} {pid} {self.log_offset} {outs}", show, remote_script("agent.py").encode())
         if status == -1:  # paramiko's value for a channel closed without an exit status
             raise _Dropped("the log stream was cut")
         text = err.decode(errors="replace").strip()
@@ -601,7 +529,7 @@ def _inside(path: str) -> bool:
     return bool(path) and not path.startswith("/") and ".." not in Path(path).parts
 
 
-def _remote_script(name: str) -> str:
+def remote_script(name: str) -> str:
     """The source of a stdlib-only helper that runs on the remote host."""
     return Path(__file__).with_name(name).read_text()
 

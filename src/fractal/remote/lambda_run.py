@@ -14,9 +14,9 @@ import shlex
 import sys
 import time
 
+from fractal.dvcfile import StageSpec, load_stage
 from fractal.remote.config import ExecutorConfig, LambdaSettings, RemoteSettings
-from fractal.remote.dvcfile import StageSpec, load_stage
-from fractal.remote.executor import RemoteRun, _duration
+from fractal.remote.executor import RemoteRun, format_duration, remote_script
 from fractal.remote.instances import (Registry, acquire, client_for, holding, reap, release, shielded, target_for,
                                       wait_reachable)
 from fractal.remote.ssh import Target
@@ -71,7 +71,7 @@ def run_on_lambda(stage: str, argv: list[str], cfg: ExecutorConfig) -> int:
             interrupted = isinstance(sys.exc_info()[1], KeyboardInterrupt)
             outcome = "finished" if rc == 0 else "stopped" if interrupted else "failed"
             log.info("%s %s on %s (%s, %s) after %s: about $%.2f at $%.2f/h; instance %s", stage, outcome,
-                     inst.name or inst.id[:8], inst.type_name, inst.region, _duration(seconds),
+                     inst.name or inst.id[:8], inst.type_name, inst.region, format_duration(seconds),
                      last_billing.cost_usd, inst.price_cents_per_hour / 100, fate)
 
 
@@ -80,7 +80,6 @@ def install_autostop(target: Target, remote: RemoteSettings, settings: LambdaSet
     """Starts autostop.py on the instance, detached, with the API key on its stdin only (see
     autostop.py for the trade-off). Its log: <remote.root>/autostop/<instance id>/log there."""
     from fractal.remote.api import load_api_key
-    from fractal.remote.executor import _remote_script
 
     key, _ = load_api_key()
     run = RemoteRun(target, remote, StageSpec(name="", deps=[], outs=[]), "autostop", [])
@@ -93,7 +92,7 @@ def install_autostop(target: Target, remote: RemoteSettings, settings: LambdaSet
                            f"{settings.max_age_hours:g}", f"{poll:g}"])
         # `read` and `printf` are shell builtins: the key is on no command line, in no file
         r = run._run(f"bash -c {shlex.quote(_autostop_launcher(where, remote.python, args))}",
-                     stdin=_remote_script("autostop.py") + "\0" + key + "\n")
+                     stdin=remote_script("autostop.py") + "\0" + key + "\n")
         if r.exited != 0:
             log.warning("%s: could not start the on-instance autostop (%s); only the watchdog here applies the "
                         "limits", target.label, r.stderr.strip())

@@ -1,15 +1,23 @@
-"""What a remote run needs to know of a stage in dvc.yaml: the paths to sync up (deps, params
-files, persistent outs) and the outputs to bring back (outs, metrics, plots).
+"""dvc.yaml, the one place fractal reads it: a stage's address, its declared paths, and DVC's
+own view of it.
 
-A plain dvc.yaml is read as YAML (fast). A templated one (vars, ${...}, foreach, matrix) is
-resolved by DVC itself, which costs about a second, so only such stages pay it.
+- `load_stage`: what a remote run needs to know of a stage: the paths to sync up (deps, params
+  files, persistent outs) and the outputs to bring back (outs, metrics, plots).
+- `dvc_stage`: DVC's own Stage object (hashes, params values, resolved paths), for lineage.
+- `declared_outputs`: every (stage, output path) the file declares, for lineage lookups.
+
+A plain dvc.yaml is read as YAML (fast: importing DVC costs about a second). A templated one
+(vars, ${...}, foreach, matrix) is resolved by DVC itself, so only such stages pay it; where
+the answer is DVC's own (hashes), DVC is asked. Where it stops: `declared_outputs` reads the
+plain file only (a templated stage's outputs are not listed).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import yaml
 
@@ -63,7 +71,7 @@ def load_stage(stage: str, root: Path | None = None) -> StageSpec:
         raise StageError(f"{path}: no stage `{base}` (stages: {', '.join(stages) or 'none'}); a remote stage must "
                          "be declared in dvc.yaml so fractal knows what to sync and what to bring back")
     if "vars" in doc or "foreach" in entry or "matrix" in entry or "${" in yaml.safe_dump(entry):
-        return _resolved_by_dvc(root, dvcfile, name)
+        return _resolved_by_dvc(root, stage, name)
     wdir = Path(dvcfile.parent, entry.get("wdir", "."))
     deps = [_local(wdir, p, path, name) for p in declared_paths(entry.get("deps"))]
     deps += [_local(wdir, p, path, name) for p in _params_files(entry.get("params"))]
@@ -75,18 +83,39 @@ def load_stage(stage: str, root: Path | None = None) -> StageSpec:
     return StageSpec(name=name, deps=deps, outs=outs)
 
 
-def _resolved_by_dvc(root: Path, dvcfile: Path, name: str) -> StageSpec:
+def _resolved_by_dvc(root: Path, stage_name: str, name: str) -> StageSpec:
     from dvc.dependency.param import ParamsDependency
-    from dvc.repo import Repo
 
-    target = f"{(root / dvcfile).resolve()}:{name}"  # DVC reads relative targets from the cwd
-    with Repo(str(root)) as repo:
-        [stage] = repo.stage.collect(target)
-        root_dir = Path(repo.root_dir)
+    with dvc_stage(stage_name, root) as stage:
+        root_dir = Path(stage.repo.root_dir)
         deps = [_relative(Path(d.fs_path), root_dir, d.def_path) for d in stage.deps
                 if isinstance(d, ParamsDependency) or d.protocol == "local"]
         outs = [Output(_relative(Path(o.fs_path), root_dir, o.def_path), persist=o.persist) for o in stage.outs]
     return StageSpec(name=name, deps=deps, outs=outs)
+
+
+@contextlib.contextmanager
+def dvc_stage(stage: str, root: Path | None = None) -> Iterator[Any]:
+    """DVC's own Stage object for `stage` (addressed as `stage_address` does), valid while its
+    Repo is open: templating, wdir and params resolved by DVC, hashes as DVC computes them."""
+    from dvc.repo import Repo
+
+    root = root or Path.cwd()
+    dvcfile, name = stage_address(stage)
+    with Repo(str(root)) as repo:  # DVC reads relative targets from the cwd: the target is absolute
+        [found] = repo.stage.collect(f"{(root / dvcfile).resolve()}:{name}")
+        yield found
+
+
+def declared_outputs(root: Path) -> list[tuple[str, str]]:
+    """(stage, output path) for every output root/dvc.yaml declares (outs, metrics, plots), read
+    as plain YAML; none when the file is missing or not YAML."""
+    try:
+        doc = yaml.safe_load((root / "dvc.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return []
+    return [(name, path) for name, entry in (doc.get("stages") or {}).items()
+            for section in ("outs", "metrics", "plots") for path in declared_paths((entry or {}).get(section))]
 
 
 def declared_paths(items: Any) -> list[str]:
