@@ -3,7 +3,7 @@ names the file and the key (or line), in seconds, and touches nothing it should 
 
 Each case edits the default params.yaml (as a user would, by text) or an input file in a
 scratch workspace (stages/ and data/raw linked from this repository), then runs `fractal
-check` or `fractal run STAGE` there. benchmarks/bad_inputs.py runs the same cases and prints
+check` or `fractal run STAGE` there. speed/bad_inputs.py runs the same cases and prints
 the table of what the user sees and how long it took.
 """
 from __future__ import annotations

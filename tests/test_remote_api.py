@@ -8,7 +8,6 @@ import urllib.request
 
 import pytest
 
-from conftest_remote import lambda_double  # noqa: F401  (fixture)
 from fractal.remote.api import GONE, LambdaAPIError, LambdaClient, Retry, load_api_key
 
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import subprocess
 
-from conftest_remote import (lambda_double, lambda_env, lambda_repo, run_fractal, sshd,  # noqa: F401
-                             sshd_client_key, wait_until)
+from support.remote import run_fractal, wait_until
 
 
 def fractal(repo, *args: str) -> tuple[int, str]:

@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest_remote import (lambda_double, lambda_env, lambda_repo, run_fractal, sshd,  # noqa: F401
-                             sshd_client_key, wait_until)
+from support.remote import run_fractal, wait_until
 from fractal.remote.agent import alive
 
 

@@ -16,8 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest_remote import (lambda_double, lambda_env, lambda_repo, run_fractal, sshd,  # noqa: F401
-                             sshd_client_key, wait_until)
+from support.remote import run_fractal, wait_until
 from fractal.remote.api import LambdaAPIError, LambdaClient, Retry
 from fractal.remote.config import LambdaSettings
 from fractal.remote.instances import Registry, acquire, ensure_ssh_key, launch, reap, release, terminate
@@ -177,7 +176,7 @@ def test_terminate_that_cannot_finish_says_what_still_runs_and_fails(lambda_repo
 def _sshd_sessions(pid: int) -> list[int]:
     """The listener's per-connection sshd processes, all the way down (privilege separation
     puts the one that talks to the network below a monitor)."""
-    from fractal.remote.double import _children
+    from support.double import _children
     found = []
     for child in _children(pid):
         if Path(f"/proc/{child}/comm").read_text().startswith("sshd"):
@@ -260,7 +259,7 @@ def test_sync_deletes_what_was_deleted_here_and_nothing_else(lambda_repo, lambda
 
 
 def test_real_rate_limits_are_waited_out(client, key_name, lambda_double):
-    from fractal.remote.double import REAL_LAUNCH_INTERVAL, REAL_REQUEST_RATE
+    from support.double import REAL_LAUNCH_INTERVAL, REAL_REQUEST_RATE
     lambda_double.request_rate, lambda_double.launch_interval = REAL_REQUEST_RATE, REAL_LAUNCH_INTERVAL
     c = LambdaClient(lambda_double.api_key, lambda_double.url, retry=Retry(first_wait=1.0, jitter=0))
     t0 = time.monotonic()

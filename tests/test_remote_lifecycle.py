@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest_remote import lambda_double, lambda_env, wait_until  # noqa: F401  (fixtures)
+from support.remote import wait_until
 from fractal.remote.api import INSUFFICIENT_CAPACITY, LambdaAPIError, LambdaClient, Retry
 from fractal.remote.config import LambdaSettings
 from fractal.remote.instances import (Registry, acquire, ensure_ssh_key, launch, reap, release, terminate, watch)

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from conftest_remote import sshd, sshd_client_key  # noqa: F401  (fixtures)
 from fractal.remote.ssh import RemoteError, Target, rsync, write_ssh_config
 
 

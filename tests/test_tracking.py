@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest_remote import sshd, sshd_client_key  # noqa: F401  (fixtures)
 from fractal import tracking
 from fractal.records import Generation, Problem, Score, read_jsonl
 from repo_copy import copy_repo, shrink_default_profile

@@ -1,4 +1,4 @@
-"""A client for the Lambda Cloud REST API v1 (shared/docs/lambda-cloud-api.md).
+"""A client for the Lambda Cloud REST API v1, as Lambda's published OpenAPI document describes it.
 
 Every success is {"data": ...}; every error is {"error": {"code", "message", "suggestion"?}}
 and is raised as LambdaAPIError, whose text says what to do. Only HTTP 429 is retried (with

@@ -4,12 +4,12 @@ no stage has run there for `idle_minutes` (or at `max_age_hours`), whether or no
 that launched it is awake.
 
 Why it needs the API key: shutting the OS down does not stop the bill, only the API's
-terminate does (shared/docs/lambda-cloud-api.md), and the API has no per-instance key. So the
-key travels (as SkyPilot's autodown copies it): fractal sends it on this script's stdin, the
-script keeps it in memory only (never on disk, never on a command line), and anyone who can
-log in to the instance as its user could read it from this process's memory. That is the
-trade-off the opt-in accepts; with it off, the watchdog on your own machine is the only
-safeguard and it cannot act while that machine sleeps.
+terminate does (docs/lambda.md, "A sleeping laptop: the on-instance autostop"), and the API
+has no per-instance key. So the key travels (as SkyPilot's autodown copies it): fractal sends
+it on this script's stdin, the script keeps it in memory only (never on disk, never on a
+command line), and anyone who can log in to the instance as its user could read it from this
+process's memory. That is the trade-off the opt-in accepts; with it off, the watchdog on your
+own machine is the only safeguard and it cannot act while that machine sleeps.
 
 Busy means: a stage's process is alive under <root>/runs (no rc file yet). The idle clock
 restarts at every fractal connection (prepare touches <root>/autostop/beat) and whenever a

@@ -9,7 +9,7 @@
   status                     instances, uptime, cost so far; warns about what is billing
   terminate INSTANCE... | --all   terminate (--all: every instance fractal launched)
   watchdog [--once]          apply the idle/age limits until no launched instance is left
-  double                     a local stand-in for Lambda (API + sshd) to dry-run remote stages
+  double [--dir D]           (dev tool, from a clone) a local stand-in for Lambda (API + sshd) to dry-run remote stages
 
 INSTANCE is an id, a unique id prefix or a name; it may be left out when fractal launched
 exactly one instance that is still running.
@@ -80,13 +80,13 @@ def add_lambda_parser(sub: Any) -> None:
     c.add_argument("--interval", type=float, help="seconds between checks (default: lambda.watchdog_seconds)")
     c.set_defaults(func=_guarded(_watchdog))
 
-    c = cmds.add_parser("double", help="run a local stand-in for Lambda (API + loopback sshd) until Ctrl-C")
-    c.add_argument("--boot-seconds", type=float, default=5.0)
-    c.add_argument("--dir", help="where to keep the double's sshd config and keys (created; default: a temp dir)")
-    c.add_argument("--no-rate-limits", action="store_true", help="answer as fast as asked (Lambda allows about "
-                   "1 request/s and 1 launch per 12 s)")
+    # The double is test support (tests/support/double.py), not part of the installed package:
+    # from a clone this runs that script, its options (--dir, --boot-seconds, --no-rate-limits)
+    # passed through as written (no "-" options of its own here, so argparse keeps them all).
+    c = cmds.add_parser("double", prefix_chars="+", add_help=False,
+                        help="(dev tool, from a clone) run a local stand-in for Lambda (API + loopback sshd) until Ctrl-C")
+    c.add_argument("args", nargs="*")
     c.set_defaults(func=_guarded(_double))
-
 
 
 def _guarded(handler: Any) -> Any:
@@ -386,51 +386,13 @@ def _watchdog(args: argparse.Namespace) -> int:
 
 
 def _double(args: argparse.Namespace) -> int:
-    """The double with the real API's rate limits, its sshd a child that dies with it (Ctrl-C,
-    SIGTERM, SIGHUP or kill -9), and settings under which the remote side installs the project
-    the way `pip install .` does on a real instance (offline: no build isolation, no deps)."""
-    import secrets
-    import signal
-    import tempfile
+    """Replaces this process with tests/support/double.py of the checkout fractal runs from."""
     from pathlib import Path
 
-    from fractal.remote.double import REAL_LAUNCH_INTERVAL, REAL_REQUEST_RATE, LambdaDouble, LoopbackSSHD, make_keypair
-
-    workdir = Path(args.dir or tempfile.mkdtemp(prefix="fractal-double-")).resolve()
-    workdir.mkdir(parents=True, exist_ok=True)
-    key, public_key = make_keypair(workdir, "client_ed25519")
-    api_key = "double-" + secrets.token_hex(8)
-
-    def stop(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGINT too: a shell's `cmd &` starts it ignored
-        signal.signal(s, stop)
-    rate = 0.0 if args.no_rate_limits else REAL_REQUEST_RATE
-    interval = 0.0 if args.no_rate_limits else REAL_LAUNCH_INTERVAL
-    with LoopbackSSHD(workdir / "sshd", [public_key]) as sshd, \
-            LambdaDouble({api_key}, boot_seconds=args.boot_seconds, request_rate=rate,
-                         launch_interval=interval) as double:
-        # The venv's own bundled setuptools (ensurepip's) shadows the system's newer one and
-        # cannot build a wheel without `wheel`; removed, the system's builds the project offline.
-        setup = "pip uninstall -y -q setuptools || true; pip install --no-deps --no-build-isolation --no-index -q ."
-        print("\n".join([
-            "A local stand-in for Lambda is running (Ctrl-C stops it). In another shell:",
-            f"  export FRACTAL_LAMBDA_API_URL={double.url}",
-            f"  export LAMBDA_API_KEY={api_key}   # the double's own key, not a Lambda one",
-            f"  export FRACTAL_HOME={workdir / 'home'}",
-            "and in .fractal/executor.yaml:",
-            f"  lambda: {{ssh_user: {sshd.user}, ssh_port: {sshd.port}, ssh_key: {key}, poll_seconds: 1, "
-            "retry_seconds: 1}",
-            "  remote: {root: " + str(workdir / "remote") + ", python: " + sys.executable + ", setup: '"
-            + setup + "'}",
-            f"(rate limits as Lambda's: {rate:g} request/s, one launch per {interval:g} s; --no-rate-limits "
-            "turns them off)",
-        ]), flush=True)
-        try:
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:
-            left = double.running()
-            print(f"\nstopping the double ({len(left)} instance(s) were still running in it)", flush=True)
-    return 0
+    script = Path(__file__).resolve().parents[3] / "tests" / "support" / "double.py"
+    if not script.is_file():
+        print(f"fractal lambda double: {script} not found; the double is a dev tool that runs from a clone of the "
+              "repository (pip install -e . there), not from an installed package", file=sys.stderr)
+        return 2
+    os.execv(sys.executable, [sys.executable, str(script), *args.args])
+    return 0  # not reached

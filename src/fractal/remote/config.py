@@ -69,7 +69,7 @@ class LambdaSettings:
     name_prefix: str = "fractal"  # instances are named <prefix>-<user>-<random>
     # On-instance autostop (0: off). Opt-in because it copies the API key to the instance:
     # a process there terminates the instance after this long without a stage running, even
-    # while this machine sleeps (docs/lambda.md, "What keeps instances from billing").
+    # while this machine sleeps (docs/lambda.md, "A sleeping laptop: the on-instance autostop").
     autostop_minutes: float = 0.0
 
 

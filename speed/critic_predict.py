@@ -2,8 +2,8 @@
 loads models:/critic@champion (or --model) from this repository's store and predicts whole
 problems' candidates, printing load time and rows per second.
 
-    python benchmarks/critic_predict.py                   # 1 problem x its 100 candidates, then 5 problems
-    python benchmarks/critic_predict.py --model models:/critic/1 --problems 1 10
+    python speed/critic_predict.py                   # 1 problem x its 100 candidates, then 5 problems
+    python speed/critic_predict.py --model models:/critic/1 --problems 1 10
 
 Figures are wall-clock: they depend on the machine and on what else it is doing (print
 `uptime` beside them). The first predict of a process also loads the encoder.

@@ -8,9 +8,9 @@ load_format=dummy: no download), and every sample is exactly --output-tokens lon
 prompts are the real MBPP chat prompts through fractal's VLLMBackend, exactly as the
 generate stage sends them, tokenized by a stand-in byte-level tokenizer as large as Qwen's.
 
-    python benchmarks/vllm_throughput.py                      # 163 problems x 50, 256 tokens each
-    python benchmarks/vllm_throughput.py --output-tokens 150 --n 50
-    python benchmarks/vllm_throughput.py --model Qwen/Qwen2.5-Coder-1.5B-Instruct --natural
+    python speed/vllm_throughput.py                      # 163 problems x 50, 256 tokens each
+    python speed/vllm_throughput.py --output-tokens 150 --n 50
+    python speed/vllm_throughput.py --model Qwen/Qwen2.5-Coder-1.5B-Instruct --natural
         # the real weights (downloaded), samples end where the model ends them
     python benchmarks/vllm_throughput.py --lengths data/generations.jsonl
         # random weights, each sample as long as the recorded one (n_tokens of a real run)

@@ -2,7 +2,7 @@
 distinct programs/s and calls/s, in one run.
 
     dvc repro gentests generate          # data/problems.jsonl, generations.jsonl, generated_tests.jsonl
-    python benchmarks/probe_rate.py      # the probe params of params.yaml; --workers N to override
+    python speed/probe_rate.py      # the probe params of params.yaml; --workers N to override
 
 The figures are wall-clock, from the moment the stage's work starts to its last record,
 and depend on what else the machine is doing: the machine's load average is printed

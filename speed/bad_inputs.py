@@ -1,6 +1,6 @@
 """What a user sees for each bad input of tests/test_newcomer.py, and how long it took.
 
-    python benchmarks/bad_inputs.py [--out FILE]
+    python speed/bad_inputs.py [--out FILE]
 
 Runs every case once in a scratch workspace (the same way the test does) and prints a
 markdown table: the input, the command, the exit code, the one line the user is told, and

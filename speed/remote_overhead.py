@@ -1,8 +1,8 @@
 """What running an unchanged stage on a warm Lambda instance adds over running it locally:
 sync up, start, stream, fetch and check the outputs. Target: at most 5 s.
 
-    python benchmarks/remote_overhead.py                  # 5 repeats, 50 MB dep, 5 MB of outputs
-    python benchmarks/remote_overhead.py --repeats 10 --dep-mb 200
+    python speed/remote_overhead.py                  # 5 repeats, 50 MB dep, 5 MB of outputs
+    python speed/remote_overhead.py --repeats 10 --dep-mb 200
 
 The "instance" is fractal's Lambda double (the REST API in this process) whose address is a
 real OpenSSH server on loopback, so the figures leave out the network: each SSH round trip
@@ -32,7 +32,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from fractal.remote.double import LambdaDouble, LoopbackSSHD, make_keypair
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the double is test support
+from support.double import LambdaDouble, LoopbackSSHD, make_keypair  # noqa: E402
 
 STAGE = '''\
 import os, pathlib, sys, time

@@ -1,0 +1,94 @@
+"""Fixtures shared by test modules: a real OpenSSH server on loopback (`sshd`, logged in to
+with `sshd_client_key`), the Lambda API double (`lambda_double`, and `lambda_env`: a user
+whose Lambda is the double) and the toy repository configured to run on it (`lambda_repo`).
+
+The sshd is Debian's openssh-server, started by the tests as a child process with its own
+config, host key and authorized_keys in a temp dir (CI installs it: apt-get install
+openssh-server rsync). The double and the sshd live in tests/support/double.py.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from support.double import LambdaDouble, LoopbackSSHD, make_keypair
+from support.remote import TOY_DVC, TOY_STAGE, ToyRepo
+
+_missing = [tool for tool in ("sshd", "rsync", "ssh", "ssh-keygen", "git")
+            if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists()]
+
+
+@pytest.fixture(scope="session")
+def sshd_client_key(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """The key the tests log in with: (private key path, public key line)."""
+    return make_keypair(tmp_path_factory.mktemp("client-key"))
+
+
+@pytest.fixture(scope="session")
+def sshd(tmp_path_factory: pytest.TempPathFactory, sshd_client_key: tuple[Path, str]) -> LoopbackSSHD:
+    if _missing:
+        pytest.skip(f"needs {', '.join(_missing)} (apt-get install openssh-server rsync git)")
+    server = LoopbackSSHD(tmp_path_factory.mktemp("sshd"), [sshd_client_key[1]]).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def lambda_double() -> LambdaDouble:
+    """The Lambda API double; a test fails if it leaves any instance running."""
+    double = LambdaDouble({"lk-" + secrets.token_hex(20)}, boot_seconds=0.3, terminate_seconds=0.1).start()
+    double.api_key = next(iter(double.api_keys))  # type: ignore[attr-defined]
+    yield double
+    leaked = double.running()
+    double.stop()
+    assert not leaked, f"instances left running in the Lambda double: {leaked}"
+
+
+@pytest.fixture
+def lambda_env(lambda_double: LambdaDouble, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """Environment of a user whose Lambda is the double, with state in a temp FRACTAL_HOME."""
+    for name in ("FRACTAL_EXECUTOR", "FRACTAL_EXECUTOR_CONFIG", "DVC_EXP_NAME", "DVC_STAGE", "DVC_ROOT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("LAMBDA_API_KEY", lambda_double.api_key)
+    monkeypatch.setenv("FRACTAL_LAMBDA_API_URL", lambda_double.url)
+    monkeypatch.setenv("FRACTAL_HOME", str(tmp_path / "fractal-home"))
+    return dict(os.environ)
+
+
+@pytest.fixture
+def lambda_repo(tmp_path: Path, lambda_env: dict[str, str], sshd: LoopbackSSHD,
+                sshd_client_key: tuple[Path, str], monkeypatch: pytest.MonkeyPatch) -> ToyRepo:
+    repo = tmp_path / "repo"
+    (repo / "stages").mkdir(parents=True)
+    (repo / "data").mkdir()
+    (repo / "stages" / "toy.py").write_text(TOY_STAGE)
+    (repo / "dvc.yaml").write_text(TOY_DVC)
+    (repo / "params.yaml").write_text("toy:\n  steps: 2\n")
+    (repo / "data" / "input.txt").write_text("hello fractal\n")
+    (repo / ".gitignore").write_text(".fractal/\n")
+    toy = ToyRepo(repo, tmp_path / "remote")
+    toy.set_stage(sleep=0)
+    toy.lambda_settings = {
+        "instance_types": ["gpu_1x_a100_sxm4"], "ssh_user": sshd.user, "ssh_port": sshd.port,
+        "ssh_key": str(sshd_client_key[0]), "poll_seconds": 0.1, "watchdog": False, "boot_timeout_minutes": 1, "retry_seconds": 0.05,
+    }
+    toy.remote = {"root": str(toy.remote_root), "python": sys.executable, "setup": "", "compress": False,
+                  "reconnect_minutes": 0.5}
+    known_hosts = tmp_path / "known_hosts"
+    known_hosts.write_text(f"[127.0.0.1]:{sshd.port} {sshd.host_key_pub}\n")
+    toy.ssh = {"host": "127.0.0.1", "port": sshd.port, "user": sshd.user, "identity_file": str(sshd_client_key[0]),
+               "known_hosts": str(known_hosts)}
+    toy.write_config()
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com"]
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    subprocess.run(["dvc", "init", "-q"], cwd=repo, check=True)
+    subprocess.run(["git", "add", "-A"], cwd=repo, check=True)
+    subprocess.run([*git, "commit", "-qm", "toy"], cwd=repo, check=True)
+    monkeypatch.chdir(repo)
+    return toy
