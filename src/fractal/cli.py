@@ -84,8 +84,10 @@ def _check(args: argparse.Namespace) -> int:
     plan = Path(args.params).with_suffix(".executor.yaml")  # a profile's own executor file, if it has one
     try:
         where = load_config(plan if Path(args.params).parent.name == "profiles" and plan.is_file() else None).executor_for
-    except ConfigError as e:
-        print(f"note: {e}; checking as if every stage ran here")
+    except ConfigError as e:  # one line per problem in the executor file
+        for line in str(e).splitlines():
+            print(f"note: {line}")
+        print("note: checking as if every stage ran here")
         where = lambda section: "local"  # noqa: E731
     loaded, errors = params.validate(args.params, machine=lambda section: where(section) == "local")
     notes = [f"{section} runs on the {where(section)} executor: its files and models are checked there, at its start"

@@ -35,7 +35,8 @@ def run_stage(stage: str, argv: list[str]) -> int:
         cfg = load_config()
         executor = cfg.executor_for(stage)
     except ConfigError as e:
-        print(f"fractal run: {e}", file=sys.stderr)
+        for line in str(e).splitlines():  # one per problem in the executor file
+            print(f"fractal run: {line}", file=sys.stderr)
         return 2
     if executor == "local":
         return subprocess.call([sys.executable, "-m", "fractal.stage", f"stages/{stage}.py", *argv])

@@ -19,11 +19,16 @@ Rules (on a list field, `choices` and the bounds apply to each item):
   path          "file" | "dir": a non-empty value must exist (relative to the repository root)
   resolves      f(value, section) -> problem or None: a rule that looks at this machine (a
                 model in the Hugging Face cache, the hub reachable)
+  single        True on a list field: one value written alone is a one-item list
+                (`regions: us-east-1`)
 A problem is the rest of one line after "params.yaml: `key` ", e.g. "is 0; it must be at
 least 1". `path` and `resolves` look at the machine, so they run where the stage runs:
 `fractal check` and the stage itself run them, `fractal run` skips them for a section whose
 stage goes to another executor (and for every section but the stage's own: another section's
 files may be outputs of the stages before it), `fractal profile` skips them (machine=False).
+
+The same loader (`build`) reads the executor file, .fractal/executor.yaml (fractal.remote.config):
+one set of types, coercions, rules and did-you-mean messages for both files.
 
 Where it stops: rules see one section; nothing checks across sections. `check`, `path` and
 `resolves` run only once every value of the section has its type, choices and bounds right (so
@@ -432,19 +437,13 @@ def validate(path: str | Path = PARAMS_FILE, sections: Iterable[str] | None = No
         doc = read(path)
     except ParamsError as e:
         return {}, e.errors
-    errors = []
-    for name in doc:
-        if name not in SECTIONS:
-            close = difflib.get_close_matches(str(name), SECTIONS, n=1)
-            hint = f" (did you mean `{close[0]}`?)" if close else ""
-            errors.append(f"{path}: unknown section `{name}`{hint}; sections: {', '.join(SECTIONS)}")
+    errors = unknown_keys(doc, SECTIONS, "", path, what="section")
     loaded = {}
     for name in (SECTIONS if sections is None else sections):
         if name not in SECTIONS:
             raise ParamsError(f"no params section `{name}`; sections: {', '.join(SECTIONS)}")
         here = machine(name) if callable(machine) else machine
-        found: list[str] = []
-        section = _build(SECTIONS[name], doc.get(name) or {}, name, path, here, found)
+        section, found = build(SECTIONS[name], doc.get(name) or {}, name, path, here)
         errors += found
         if not found:
             loaded[name] = section
@@ -468,38 +467,71 @@ class _Bad(Exception):
     """A value that does not have its field's type; the message is the rest of the line."""
 
 
-def _build(cls: type[T], data: Any, where: str, path: Path, machine: bool, errors: list[str]) -> T:
+def build(cls: type[T], data: Any, where: str, path: str | Path, machine: bool = True,
+          key_format: str = "`{}`") -> tuple[T, list[str]]:
+    """`data` (a mapping read from YAML) as the dataclass `cls`, each value checked against its
+    field's type hint and rules: (the instance, every problem found as one line naming the file
+    and the dotted key). `where` is the mapping's own key ("" at the top of a file); a nested
+    dataclass field is a nested mapping. `key_format` is how a key is shown in a line about its
+    value (the executor file's lines have always shown it bare)."""
+    errors: list[str] = []
+    section, _ = _build(cls, data, where, Path(path), machine, errors, key_format)
+    return section, errors
+
+
+def unknown_keys(data: dict[str, Any], known: Iterable[str], where: str, path: str | Path,
+                 what: str = "key") -> list[str]:
+    """One line per key of `data` not in `known`, with the closest known one when there is one."""
+    known = list(known)
+    return [_unknown(key, known, where, path, what) for key in data if key not in known]
+
+
+def _unknown(key: Any, known: list[str], where: str, path: str | Path, what: str = "key") -> str:
+    close = difflib.get_close_matches(str(key), known, n=1)
+    hint = f" (did you mean `{_dotted(where, close[0])}`?)" if close else ""
+    return f"{path}: unknown {what} `{_dotted(where, key)}`{hint}; known {what}s: {', '.join(known)}"
+
+
+def _dotted(where: str, key: Any) -> str:
+    return f"{where}.{key}" if where else str(key)
+
+
+def _build(cls: type[T], data: Any, where: str, path: Path, machine: bool, errors: list[str],
+           key_format: str) -> tuple[T, int]:
+    """(the instance, how many of its values were wrong: unknown keys do not count)."""
     if not isinstance(data, dict):
-        errors.append(f"{path}: `{where}` must be a mapping of keys, got {data!r}")
-        return cls()
+        errors.append(f"{path}: {key_format.format(where)} must be a mapping of keys, got {data!r}")
+        return cls(), 1
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    kwargs, checked = {}, set()
+    kwargs, checked, wrong = {}, set(), 0
     for key, value in data.items():
         if key not in fields:
-            close = difflib.get_close_matches(str(key), fields, n=1)
-            hint = f" (did you mean `{where}.{close[0]}`?)" if close else ""
-            errors.append(f"{path}: unknown key `{where}.{key}`{hint}; known keys: {', '.join(fields)}")
+            errors.append(_unknown(key, list(fields), where, path))
             continue
         hint_type = hints[key]
         if dataclasses.is_dataclass(hint_type):
-            kwargs[key] = _build(hint_type, value, f"{where}.{key}", path, machine, errors)
+            kwargs[key], n = _build(hint_type, value, _dotted(where, key), path, machine, errors, key_format)
+            wrong += n
             continue
+        if fields[key].metadata.get("single") and not isinstance(value, list):
+            value = [value]
         try:
             kwargs[key] = _convert(value, hint_type)
             checked.add(key)
         except _Bad as e:
-            errors.append(f"{path}: `{where}.{key}` {e}")
+            errors.append(f"{path}: {key_format.format(_dotted(where, key))} {e}")
+            wrong += 1
     section = cls(**kwargs)
     valid = [(key, f) for key, f in fields.items() if f.metadata and (key in checked or key not in data)]
     # First each value on its own; then, only when they all hold, the rules that read other fields or the
     # machine (a check of `generate.model` means nothing while `generate.backend` is a typo).
-    found = [f"{path}: `{where}.{key}` {p}" for key, f in valid for p in _own_problems(getattr(section, key), f.metadata)]
-    if not found and not any(e.startswith(f"{path}: `{where}.") for e in errors):
-        found = [f"{path}: `{where}.{key}` {p}" for key, f in valid
+    found = [(key, p) for key, f in valid for p in _own_problems(getattr(section, key), f.metadata)]
+    if not found and not wrong:
+        found = [(key, p) for key, f in valid
                  for p in _context_problems(getattr(section, key), f.metadata, section, machine)]
-    errors += found
-    return section
+    errors += [f"{path}: {key_format.format(_dotted(where, key))} {p}" for key, p in found]
+    return section, wrong + len(found)
 
 
 def _convert(value: Any, hint: Any) -> Any:
@@ -545,7 +577,7 @@ def _convert(value: Any, hint: Any) -> Any:
             else:  # YAML 1.1 reads 1e-3 (no dot) as text
                 raise _Bad(f"must be float, got the text {value!r} (YAML reads a number without a dot as text); "
                            f"write {plain}")
-        raise _Bad(f"must be float (a number), got {value!r}")
+        raise _Bad(f"should be a number (float), got {value!r}")
     if hint is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
@@ -554,7 +586,7 @@ def _convert(value: Any, hint: Any) -> Any:
         raise _Bad(f"must be int (a whole number), got {value!r}")
     if hint is bool:
         if not isinstance(value, bool):
-            raise _Bad(f"must be bool (true or false), got {value!r}")
+            raise _Bad(f"should be true or false (bool), got {value!r}")
         return value
     if hint is str:
         if not isinstance(value, str):

@@ -106,7 +106,8 @@ def _guarded(handler: Any) -> Any:
                 _print_billing()
             return handler(args)
         except (LambdaAPIError, ConfigError, RemoteError) as e:
-            print(f"fractal lambda {args.lambda_command}: {e}", file=sys.stderr)
+            for line in str(e).splitlines():  # a ConfigError: one per problem in the executor file
+                print(f"fractal lambda {args.lambda_command}: {line}", file=sys.stderr)
             return 1
         except KeyboardInterrupt:
             return 130

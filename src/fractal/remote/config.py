@@ -3,8 +3,9 @@
 Moving a stage to a GPU must not change its DVC hash, so the choice lives outside the tracked
 params: the environment variable FRACTAL_EXECUTOR (local | ssh | lambda, for every stage) or
 the untracked file .fractal/executor.yaml, looked up from the working directory upwards so a
-queued experiment (run by DVC in .dvc/tmp/exps/...) sees its repository's file. A key the file
-does not know fails with an error naming the file and the closest known key.
+queued experiment (run by DVC in .dvc/tmp/exps/...) sees its repository's file. The file is
+read by params.py's loader (`params.build`): the same types, coercions, `param(...)` rules and
+did-you-mean errors as params.yaml, every problem one line naming the file and the key.
 
     executor: local                 # stages not listed below
     stages:
@@ -20,13 +21,13 @@ does not know fails with an error naming the file and the closest known key.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
-import typing
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from fractal.params import build, param, unknown_keys
 
 EXECUTORS = ("local", "ssh", "lambda")
 CONFIG_NAME = Path(".fractal") / "executor.yaml"
@@ -50,9 +51,9 @@ class SSHSettings:
 
 @dataclasses.dataclass
 class LambdaSettings:
-    instance_types: list[str] = dataclasses.field(
-        default_factory=lambda: ["gpu_1x_a100_sxm4", "gpu_1x_a100", "gpu_1x_h100_pcie", "gpu_1x_a10"])
-    regions: list[str] = dataclasses.field(default_factory=list)  # empty: any region with capacity
+    instance_types: list[str] = param(["gpu_1x_a100_sxm4", "gpu_1x_a100", "gpu_1x_h100_pcie", "gpu_1x_a10"],
+                                      single=True)  # preference order
+    regions: list[str] = param([], single=True)  # preference order; empty: any region with capacity
     instance: str = ""  # run on this instance (id or name); a run never terminates it
     keep_instance: bool = False  # leave what a run launched running (the idle limit still applies)
     idle_minutes: float = 30.0  # terminate a launched instance nothing has used for this long (0: never)
@@ -74,11 +75,18 @@ class LambdaSettings:
 
 
 @dataclasses.dataclass
+class StageEntry(LambdaSettings):
+    """A stage's entry in `stages:` written as a mapping: its executor (absent: the file's) and
+    lambda keys of its own (absent: the `lambda:` section's)."""
+    executor: str = param("local", choices=EXECUTORS)
+
+
+@dataclasses.dataclass
 class RemoteSettings:
     root: str = "~/fractal"  # on the remote host: envs/, work/<workspace>/, runs/
     python: str = "python3"  # the interpreter the remote environment (a venv) is made from
     setup: str = "pip install ."  # run once per environment, inside the venv, in the synced workspace
-    env: list[str] = dataclasses.field(default_factory=list)  # local variables passed to remote stages
+    env: list[str] = param([], single=True)  # local variables passed to remote stages
     reconnect_minutes: float = 10.0  # keep trying to reattach to a running stage for this long
     compress: bool = True  # rsync -z (worth it over the internet, not on a LAN)
     keepalive_seconds: float = 15.0  # a connection silent this long is probed; no answer in as long: dropped
@@ -133,7 +141,12 @@ def find_config(start: Path | None = None) -> Path | None:
     return None
 
 
+SECTIONS = {"ssh": SSHSettings, "lambda": LambdaSettings, "remote": RemoteSettings}
+
+
 def load_config(path: Path | None = None, start: Path | None = None) -> ExecutorConfig:
+    """The executor file (or the defaults, without one); every problem in it is one line of
+    one ConfigError."""
     path = path or find_config(start)
     if path is None:
         return ExecutorConfig()
@@ -143,69 +156,32 @@ def load_config(path: Path | None = None, start: Path | None = None) -> Executor
         raise ConfigError(f"{path}: not valid YAML ({e})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
-    sections = {"ssh": SSHSettings, "lambda": LambdaSettings, "remote": RemoteSettings}
-    _check_keys(data, ["executor", "stages", *sections], path, "")
+    problems = unknown_keys(data, ["executor", "stages", *SECTIONS], "", path)
     cfg = ExecutorConfig(source=path)
-    cfg.executor = _executor(data.get("executor", "local"), path, "executor")
-    for name, cls in sections.items():
-        section = data.get(name) or {}
-        if not isinstance(section, dict):
-            raise ConfigError(f"{path}: `{name}` should be a mapping of settings")
-        _check_keys(section, [f.name for f in dataclasses.fields(cls)], path, f"{name}.")
-        values = {k: _typed(v, _hint(cls, k), path, f"{name}.{k}") for k, v in section.items()}
-        setattr(cfg, "lambda_" if name == "lambda" else name, cls(**values))
+    cfg.executor = data.get("executor", "local")
+    problems += _not_an_executor(cfg.executor, path, "executor")
+    for name, cls in SECTIONS.items():
+        section, found = build(cls, data.get(name) or {}, name, path, key_format="{}")
+        problems += found
+        setattr(cfg, "lambda_" if name == "lambda" else name, section)
     stages = data.get("stages") or {}
     if not isinstance(stages, dict):
         raise ConfigError(f"{path}: `stages` should map stage names to an executor")
     for stage, entry in stages.items():
         where = f"stages.{stage}"
-        if isinstance(entry, dict):
-            known = ["executor", *(f.name for f in dataclasses.fields(LambdaSettings))]
-            _check_keys(entry, known, path, f"{where}.")
-            entry = {k: (_executor(v, path, f"{where}.executor") if k == "executor"
-                         else _typed(v, _hint(LambdaSettings, k), path, f"{where}.{k}")) for k, v in entry.items()}
+        if isinstance(entry, dict):  # its own lambda keys, typed; only those it names override `lambda:`
+            own, found = build(StageEntry, entry, where, path, key_format="{}")
+            problems += found
+            entry = {key: getattr(own, key) for key in entry if hasattr(own, key)}
         else:
-            entry = _executor(entry, path, where)
+            problems += _not_an_executor(entry, path, where)
         cfg.stages[stage] = entry
+    if problems:
+        raise ConfigError("\n".join(problems))
     return cfg
 
 
-def _executor(value: Any, path: Path, where: str) -> str:
-    if value not in EXECUTORS:
-        raise ConfigError(f"{path}: {where}: {value!r} is not an executor (one of {', '.join(EXECUTORS)})")
-    return value
-
-
-def _check_keys(data: dict[str, Any], known: list[str], path: Path, prefix: str) -> None:
-    for key in data:
-        if key not in known:
-            close = difflib.get_close_matches(str(key), known, n=1)
-            hint = f" (did you mean `{prefix}{close[0]}`?)" if close else f" (known: {', '.join(known)})"
-            raise ConfigError(f"{path}: unknown key `{prefix}{key}`{hint}")
-
-
-def _hint(cls: type, name: str) -> Any:
-    return typing.get_type_hints(cls)[name]
-
-
-def _typed(value: Any, hint: Any, path: Path, where: str) -> Any:
-    origin = typing.get_origin(hint)
-    if origin is list:
-        if isinstance(value, str):
-            value = [value]
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise ConfigError(f"{path}: {where} should be a list of strings, got {value!r}")
-        return value
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{path}: {where} should be true or false, got {value!r}")
-        return value
-    if hint in (int, float):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{path}: {where} should be a number, got {value!r}")
-        return hint(value)
-    if hint is str:
-        if not isinstance(value, (str, int)):
-            raise ConfigError(f"{path}: {where} should be a string, got {value!r}")
-        return str(value)
-    return value
+def _not_an_executor(value: Any, path: Path, where: str) -> list[str]:
+    if value in EXECUTORS:
+        return []
+    return [f"{path}: {where}: {value!r} is not an executor (one of {', '.join(EXECUTORS)})"]
