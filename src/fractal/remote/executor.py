@@ -214,9 +214,8 @@ class RemoteRun:
         goes: stdin is sent and closed, stdout (with stderr when merge_stderr) goes to
         on_output as it comes, stderr is collected; returns (exit status, stderr). A link
         silent for remote.keepalive_seconds is probed; after `timeout` seconds it gives up
-        (saying too_long, or how long it waited).
-        Raises _Dropped when the link goes, or when the channel closes without an exit status
-        (paramiko's -1 is returned only if the server sent exactly that)."""
+        (saying too_long, or how long it waited). Raises _Dropped when the link goes, or when
+        the channel closes without an exit status."""
         assert self.conn is not None
         transport = self.conn.client.get_transport()
         try:
@@ -224,11 +223,11 @@ class RemoteRun:
                 raise EOFError("transport closed")
             chan = transport.open_session(timeout=15)
             chan.set_combine_stderr(merge_stderr)
-            chan.settimeout(0.1)  # short: stderr is drained between reads of stdout
             chan.exec_command(cmd)
             if stdin:
-                chan.sendall(stdin)
+                chan.sendall(stdin)  # blocking: a large stdin waits for the remote window
             chan.shutdown_write()
+            chan.settimeout(0.1)  # short: stderr is drained between reads of stdout
         except Exception as e:  # OSError, EOFError, paramiko.SSHException: the link is gone
             raise _Dropped(str(e) or type(e).__name__) from None
         err = bytearray()
