@@ -12,9 +12,9 @@ generate stage sends them, tokenized by a stand-in byte-level tokenizer as large
     python speed/vllm_throughput.py --output-tokens 150 --n 50
     python speed/vllm_throughput.py --model Qwen/Qwen2.5-Coder-1.5B-Instruct --natural
         # the real weights (downloaded), samples end where the model ends them
-    python benchmarks/vllm_throughput.py --lengths data/generations.jsonl
+    python speed/vllm_throughput.py --lengths data/generations.jsonl
         # random weights, each sample as long as the recorded one (n_tokens of a real run)
-    python benchmarks/vllm_throughput.py --seed-mode engine    # one engine seed: vLLM's batched sampler
+    python speed/vllm_throughput.py --seed-mode engine    # one engine seed: vLLM's batched sampler
 
 A fixed length measures the engine; natural lengths (--natural, --lengths) are what a run
 costs, since most samples end well before max_tokens. Engine start (weights, KV cache,
