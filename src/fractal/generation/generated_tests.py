@@ -17,15 +17,22 @@ problem's real tests. Two sources:
 Parsing follows CodeT's `PostProcessor.test_case_extract` exactly (split on "assert ",
 keep parts naming the entry point, cut at CodeT's stop tokens, keep what compiles), then
 keeps the first `test_case_limit` of each sample, as CodeT's agreement does. Of those,
-only `entry_point(args) == expected` (either side of the `==`) with literal arguments and
-a literal expected value becomes a test: arguments and expected value are read with
-`ast.literal_eval`, so no model-written code runs here. Everything else is counted, not
-kept: another comparison (`!=`, `<`, `is`, a bare call, `and`), or a value that is not a
-literal (`float('inf')`, a variable, a nested call). An assert message is ignored: it is
-only evaluated when the assert fails, so it cannot change a verdict. Where CodeT's cut
-leaves statements after the assert (`import numpy as np`, a stray docstring: 22 of the
-7,799 recorded asserts kept), the assert alone is the test; CodeT runs those lines too,
-and fails the test for every candidate when they raise (an import of django).
+what SRank (FSoft-AI4Code/SRank-CodeRanker execution/utils.py) reads as an input and an
+expected output becomes a test: `entry_point(args) == expected` (either side of the `==`)
+and `entry_point(args) is True / False / None` (expected True, False, None, compared with
+`==` as SRank compares them). Arguments and expected value are plain data: literals
+(`ast.literal_eval`) and arithmetic on them (`60 * 15`, `'1' + '0'`, `-2 ** 3`, folded here
+by `fold_literal` with size limits), so no model-written code runs here. Where the
+arguments are plain data but the expected value is not (`f(1) == ____`, a variable, a
+call: 405 of the recorded asserts), the call is still a generated input without a test,
+as SRank keeps it: the rankers that cluster on outputs (SRank, MBR-exec) see it, CodeT's
+test sets do not. Everything else is counted, not kept: another comparison (`!=`, `<`,
+`is 2`, a bare call, `and`, `round(f(x), 2) == y`) or arguments that are not plain data
+(a variable, `list(range(5))`, `encode_cyclic('abc')`). An assert message is ignored: it
+is only evaluated when the assert fails, so it cannot change a verdict. Where CodeT's cut
+leaves statements after the assert (`import numpy as np`, a stray docstring), the assert
+alone is the test; CodeT runs those lines too, and fails the test for every candidate
+when they raise (an import of django).
 
 Record (data/generated_tests.jsonl, one line per problem, in problems order):
     {"problem_id", "inputs": [call, ...], "tests": [{"input", "expected", "count"}, ...],
@@ -49,6 +56,8 @@ from __future__ import annotations
 import ast
 import dataclasses
 import json
+import math
+import operator
 import re
 from pathlib import Path
 from typing import Any, Iterable
@@ -90,15 +99,63 @@ def _compiles_like_codet(test_case: str) -> bool:
 @dataclasses.dataclass
 class ParsedAssert:
     call: str  # wire.encode_call's JSON text
-    expected: Any  # encode_plain's form
+    expected: Any  # encode_plain's form; None with has_expected False
     source: str
     trailing: bool = False  # statements followed the assert (CodeT would run them too)
+    has_expected: bool = True  # False: the call is a generated input without a test
+
+
+MAX_FOLDED = 10_000  # items or characters a folded `*`, and digits a folded `**`, may make
+_FOLD_BINARY = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
+                ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: operator.pow}
+_FOLD_UNARY = {ast.USub: operator.neg, ast.UAdd: operator.pos, ast.Not: operator.not_}
+
+
+def fold_literal(node: ast.expr) -> Any:
+    """The value of a literal, or of arithmetic on literals (`60 * 15`, `'a' + 'b'`, `[2, 1 + 2]`,
+    `2 ** 10`), computed without running anything else: names, calls, attributes and
+    subscripts raise ValueError, as do a `*` or `**` that would build more than MAX_FOLDED
+    items or digits. What the model writes as arithmetic it means as the value
+    (`assert factorize(60 * 15) == [2, 2, 3, 3, 5, 5]`); SRank evaluates the same text."""
+    if isinstance(node, ast.Constant):
+        return node.value
+    if isinstance(node, (ast.List, ast.Tuple, ast.Set)):
+        items = [fold_literal(e) for e in node.elts]
+        return {ast.List: list, ast.Tuple: tuple, ast.Set: set}[type(node)](items)
+    if isinstance(node, ast.Dict):
+        if any(k is None for k in node.keys):
+            raise ValueError("** in a dict display")
+        return {fold_literal(k): fold_literal(v) for k, v in zip(node.keys, node.values)}
+    if isinstance(node, ast.UnaryOp) and type(node.op) in _FOLD_UNARY:
+        return _FOLD_UNARY[type(node.op)](_number(fold_literal(node.operand)))
+    if isinstance(node, ast.BinOp) and type(node.op) in _FOLD_BINARY:
+        left, right = fold_literal(node.left), fold_literal(node.right)
+        if isinstance(node.op, ast.Mult):
+            for seq, times in ((left, right), (right, left)):
+                if isinstance(seq, (str, list, tuple)) and type(times) in (int, bool) and len(seq) * times > MAX_FOLDED:
+                    raise ValueError("too large")
+        if isinstance(node.op, ast.Pow):
+            left, right = _number(left), _number(right)
+            if abs(right) > 1 and abs(left) > 1 and abs(right) * math.log10(abs(left)) > MAX_FOLDED:
+                raise ValueError("too large")
+        try:
+            return _FOLD_BINARY[type(node.op)](left, right)
+        except (TypeError, ZeroDivisionError, OverflowError) as e:
+            raise ValueError(str(e)) from None
+    raise ValueError(f"not plain data: {type(node).__name__}")
+
+
+def _number(v: Any) -> Any:
+    if type(v) not in (int, float, complex, bool):
+        raise ValueError("not a number")
+    return v
 
 
 def parse_assert(source: str, entry_point: str) -> ParsedAssert | str:
-    """One assert as plain data, or why it is dropped: "comparison" (not a single `==`
-    between a call of the entry point and a value) or "not_literal" (arguments or the
-    expected value are not literals, or too big to encode)."""
+    """One assert as plain data, or why it is dropped: "comparison" (neither `==` between a
+    call of the entry point and a value nor `call is True/False/None`) or "not_literal"
+    (the arguments are not plain data, or too big to encode). A ParsedAssert whose expected
+    value is not plain data has `has_expected` False: its call is an input without a test."""
     if len(source) > MAX_ASSERT_CHARS:
         return "not_literal"
     try:
@@ -108,10 +165,18 @@ def parse_assert(source: str, entry_point: str) -> ParsedAssert | str:
     if not tree.body or not isinstance(tree.body[0], ast.Assert):
         return "comparison"
     test = tree.body[0].test
-    if not (isinstance(test, ast.Compare) and len(test.ops) == 1 and isinstance(test.ops[0], ast.Eq)):
+    if not (isinstance(test, ast.Compare) and len(test.ops) == 1):
         return "comparison"
     left, right = test.left, test.comparators[0]
-    if _is_entry_call(left, entry_point):
+    if isinstance(test.ops[0], ast.Is):
+        # SRank's `f(x) is True|False|None` (the call on the left), expected compared with ==.
+        if not (_is_entry_call(left, entry_point) and isinstance(right, ast.Constant)
+                and right.value in (True, False, None) and type(right.value) in (bool, type(None))):
+            return "comparison"
+        call, value = left, right
+    elif not isinstance(test.ops[0], ast.Eq):
+        return "comparison"
+    elif _is_entry_call(left, entry_point):
         call, value = left, right
     elif _is_entry_call(right, entry_point):
         call, value = right, left
@@ -120,15 +185,18 @@ def parse_assert(source: str, entry_point: str) -> ParsedAssert | str:
     try:
         if any(isinstance(a, ast.Starred) for a in call.args) or any(k.arg is None for k in call.keywords):
             return "not_literal"
-        args = [ast.literal_eval(a) for a in call.args]
-        kwargs = {k.arg: ast.literal_eval(k.value) for k in call.keywords}
-        expected = ast.literal_eval(value)
+        args = [fold_literal(a) for a in call.args]
+        kwargs = {k.arg: fold_literal(k.value) for k in call.keywords}
         encoded_call = encode_call(tuple(args), kwargs)
-        encoded_expected = encode_plain(expected)
-        json.dumps(encoded_expected)  # NaN and inf are fine (allow_nan); nothing else can fail
     except (ValueError, TypeError, SyntaxError, RecursionError, MemoryError, OverflowError):
         return "not_literal"  # ValueError also: an int literal beyond Python's digit limit
-    return ParsedAssert(encoded_call, encoded_expected, source, trailing=len(tree.body) > 1)
+    trailing = len(tree.body) > 1
+    try:
+        encoded_expected = encode_plain(fold_literal(value))
+        json.dumps(encoded_expected)  # NaN and inf are fine (allow_nan); nothing else can fail
+    except (ValueError, TypeError, SyntaxError, RecursionError, MemoryError, OverflowError):
+        return ParsedAssert(encoded_call, None, source, trailing=trailing, has_expected=False)
+    return ParsedAssert(encoded_call, encoded_expected, source, trailing=trailing)
 
 
 def _is_entry_call(node: ast.expr, entry_point: str) -> bool:
@@ -144,6 +212,7 @@ class GenerationStats:
     kept_with_trailing_code: int = 0  # of those, asserts that more statements followed
     dropped_comparison: int = 0
     dropped_not_literal: int = 0
+    inputs_only: int = 0  # asserts whose call is kept as an input, the expected value not being plain data
     without_asserts: list[str] = dataclasses.field(default_factory=list)  # problem ids: CodeT finds no assert
     without_tests: list[str] = dataclasses.field(default_factory=list)  # problem ids: no assert kept
 
@@ -170,11 +239,14 @@ def generated_tests_record(problem: Problem, samples: Iterable[str], limit: int,
                 else:
                     stats.dropped_not_literal += 1
                 continue
-            stats.kept += 1
-            stats.kept_with_trailing_code += parsed.trailing
             i = input_index.setdefault(parsed.call, len(inputs))
             if i == len(inputs):
                 inputs.append(parsed.call)
+            if not parsed.has_expected:
+                stats.inputs_only += 1
+                continue
+            stats.kept += 1
+            stats.kept_with_trailing_code += parsed.trailing
             key = (i, json.dumps(parsed.expected, sort_keys=True))
             j = test_index.get(key)
             if j is None:
