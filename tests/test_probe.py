@@ -64,7 +64,7 @@ def test_only_the_first_limit_asserts_of_each_sample_count():
 
 def test_the_limit_counts_asserts_that_are_then_dropped():
     # CodeT takes the first 5 of what it extracts, `!=` and all; only then are they filtered.
-    sample = "f(1) != 3\nassert f(2) is True\nassert not f(3)\nassert f(4)\nassert f(5) < 1\nassert f(6) == 12"
+    sample = "f(1) != 3\nassert f(2) is 2\nassert not f(3)\nassert f(4)\nassert f(5) < 1\nassert f(6) == 12"
     rec, stats = record([sample], limit=5)
     assert rec["tests"] == [] and stats.dropped_comparison == 5 and stats.kept == 0
 
@@ -72,6 +72,8 @@ def test_the_limit_counts_asserts_that_are_then_dropped():
 @pytest.mark.parametrize("source, why", [
     ("assert f(1) != 2", "comparison"),
     ("assert f(1) is 2", "comparison"),
+    ("assert f(1) is 1.0", "comparison"),
+    ("assert True is f(1)", "comparison"),  # SRank reads `is` with the call on the left only
     ("assert f(1) == 2 == 2", "comparison"),
     ("assert f(1) == 2 and f(2) == 4", "comparison"),
     ("assert f(1) in [2]", "comparison"),
@@ -81,8 +83,9 @@ def test_the_limit_counts_asserts_that_are_then_dropped():
     ("assert f(x) == 2", "not_literal"),
     ("assert f([1, 2], key=len) == 2", "not_literal"),
     ("assert f(*[1]) == 2", "not_literal"),
-    ("assert f(1) == float('inf')", "not_literal"),
-    ("assert f(1) == ____", "not_literal"),
+    ("assert f(list(range(3))) == 2", "not_literal"),
+    ("assert f('a' * 100_000) == 2", "not_literal"),  # folded only up to MAX_FOLDED
+    ("assert f(10 ** 100_000) == 2", "not_literal"),
     ("assert f(1) == '" + "x" * 20_000 + "'", "not_literal"),  # too long to be worth keeping
     ("assert f(__import__('os').system('echo pwned')) == 0", "not_literal"),
 ])
@@ -96,7 +99,23 @@ def test_literal_equalities_become_plain_data():
     assert p.expected == {"s": [1, 2]}
     assert parse_assert("assert -3 == f(-1)", "f").expected == -3  # the expected value on the left
     assert parse_assert("assert (f('a') == 'b')", "f").expected == "b"
-    assert parse_assert("assert f(2**3) == 8", "f") == "not_literal"  # ast.literal_eval computes nothing
+    # Arithmetic on literals is folded (SRank evaluates the same text); nothing else is run.
+    folded = parse_assert("assert f(60 * 15, 2**3) == [2, 1 + 2, -(4 // 3), 'a' + 'b' * 2]", "f")
+    assert json.loads(folded.call)[0] == [900, 8] and folded.expected == [2, 3, -1, "abb"]
+    for value, expected in (("True", True), ("False", False), ("None", None)):
+        p = parse_assert(f"assert f(1) is {value}", "f")
+        assert p.has_expected and p.expected == expected
+
+
+@pytest.mark.parametrize("source", ["assert f(1) == ____", "assert f(1) == float('inf')", "assert x == f(1)",
+                                    "assert f(1) == 1 / 0", "assert f(1) == {[1]: 2}"])
+def test_an_expected_value_that_is_not_plain_data_leaves_an_input_without_a_test(source):
+    p = parse_assert(source, "f")
+    assert not p.has_expected and json.loads(p.call)[0] == [1]
+    rec, stats = record([source.removeprefix("assert "), "f(2) == 4"])
+    assert [json.loads(c)[0] for c in rec["inputs"]] == [[1], [2]]
+    assert rec["tests"] == [{"input": 1, "expected": 4, "count": 1}] and rec["asserts"] == ["assert f(2) == 4"]
+    assert stats.inputs_only == 1 and stats.kept == 1
     trailing = parse_assert("assert f(1) == 2\n\nimport numpy as np", "f")
     assert trailing.expected == 2 and trailing.trailing
 
@@ -204,6 +223,20 @@ def test_the_cpu_limit_is_per_call(tmp_path):
     slow, loop = run_probe(tmp_path, programs, asserts, timeout=0.1)
     assert slow["outputs"] == ["0", "1", "2", "3", "4"] and slow["passed"] == [0, 1, 2, 3, 4]
     assert loop["outputs"] == ["0", "1", "!timeout", "3", "4"] and loop["passed"] == [0, 1, 3, 4]
+
+
+def test_a_call_that_swallows_its_timeout_is_still_a_timeout(tmp_path):
+    # The child's per-call timer raises into the call; a bare `except` that goes on looping,
+    # or a call that catches it and returns a value, is a timeout all the same, and the
+    # calls after it run as usual. The last program resets the signal: the run's own CPU
+    # limit stops it, and the driver reruns from there.
+    swallow = "def f(x):\n    while x == 2:\n        try:\n            while True:\n                pass\n        except BaseException:\n            pass\n    return x\n"
+    catch = "def f(x):\n    if x == 2:\n        try:\n            while True:\n                pass\n        except BaseException:\n            return 4\n    return x\n"
+    reset = ("import signal\nsignal.signal(signal.SIGVTALRM, signal.SIG_IGN)\n"
+             "def f(x):\n    while x == 2:\n        pass\n    return x\n")
+    asserts = [f"assert f({i}) == {i}" for i in range(5)]
+    for out in run_probe(tmp_path, [swallow, catch, reset], asserts, timeout=0.1):
+        assert out["outputs"] == ["0", "1", "!timeout", "3", "4"] and out["passed"] == [0, 1, 3, 4], out
 
 
 def test_a_hostile_candidate_cannot_forge_a_pass_for_another(tmp_path):

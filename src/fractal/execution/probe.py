@@ -14,14 +14,17 @@ come back as plain data and are compared with `==` against the tests' expected v
 `__eq__` or forged frame of a candidate reaches another candidate's record, or even its own
 verdict beyond the values it returned.
 
-A CPU limit per call (`probe.timeout`, CodeT's 0.1 s per test): the worker has one limit
-for all the calls of a run, so this driver gives the run that limit and, when a run
-stops at input i (timeout, crash, output limit) after inputs before i returned, runs the
-candidate again from i, so that call has the limit to itself; a call that fails while
-first in its run is recorded ("!timeout", ...) and the rest of its range runs next, split
-in two. Reruns go in rounds over the warm pool. What it costs: a candidate that times
-out on every input runs once per input, in about log2(inputs) rounds; where it stops: a
-wall-clock sleeper spends up to `probe.wall_timeout` per input.
+A CPU limit per call (`probe.timeout`, CodeT's 0.1 s per test): the worker's child gives
+each call that much user CPU time of its own (an ITIMER_VIRTUAL timer, worker.py
+`_call_timer`), reports a call over it as a timeout and goes on with the next, so a
+candidate that loops on some inputs still takes one run. The warden's CPU limit for the
+run (every call's limit, and one more) stops what the timer cannot (a long C call, a
+candidate that resets the signal); when a run stops at input i that way (or crashes, or
+hits the output limit) after inputs before i returned, this driver runs the candidate
+again from i; a call that fails while first in its run is recorded ("!timeout", ...) and
+the rest of its range runs next, split in two. Reruns go in rounds over the warm pool.
+What it costs: a timed-out call its 0.1 s of CPU, once; where it stops: a wall-clock
+sleeper spends up to `probe.wall_timeout` (plus the calls' CPU limits) per run.
 
 Record (data/probe.jsonl, one line per generation, in generations order):
     {"problem_id", "sample", "outputs": [sig, ...], "passed": [test index, ...], "status"}
@@ -60,7 +63,7 @@ from fractal.params import LabelParams, ProbeParams
 from fractal.records import Generation, Problem
 
 # Bump when a change here can change a record, so old cache entries are not reused.
-PROBE_VERSION = "fractal-probe-1"
+PROBE_VERSION = "fractal-probe-2"  # 2: per-call CPU timer in the child
 
 
 # ---------------------------------------------------------------------------------------
@@ -280,9 +283,11 @@ def _task(job: _Job, index: int, span: tuple[int, int], round_no: int, group: in
         "code": job.code,
         "entry_point": job.entry_point,
         "calls": "[" + ",".join(job.inputs[a:b]) + "]",
-        "time_limit": params.wall_timeout,
-        "cpu_limit": params.load_timeout + params.timeout,
-        "calls_cpu_limit": params.timeout,
+        # Each call has `timeout` of its own in the child; the run's limits leave room for all.
+        "time_limit": params.wall_timeout + params.timeout * (b - a),
+        "cpu_limit": params.load_timeout + params.timeout * (b - a + 1),
+        "calls_cpu_limit": params.timeout * (b - a + 1),
+        "call_cpu_limit": params.timeout,
         "max_output_bytes": sandbox.max_output_bytes,
         "max_result_bytes": sandbox.max_result_bytes,
     }
@@ -298,7 +303,7 @@ def _take(job: _Job, span: tuple[int, int], header: dict, payload: bytes, params
     frames, _ = parse_frames(payload)
     first = frames[0] if frames else None
     if first is not None and "load" in first:
-        results = [f for f in frames[1:] if "r" in f or "x" in f][: b - a]
+        results = [f for f in frames[1:] if "r" in f or "x" in f or "t" in f][: b - a]
         for k, frame in enumerate(results):
             job.outputs[a + k] = _output(frame, job.expected[a + k], job.passed, params)
         stop = a + len(results)
@@ -345,6 +350,8 @@ def _failure(header: dict) -> str:
 
 def _output(frame: dict, expected: list[tuple[int, Any]], passed: set[int], params: ProbeParams) -> str:
     """The signature of one call's result; the tests on its input it passed go into `passed`."""
+    if "t" in frame:
+        return "!timeout"  # the call used its own CPU limit (worker.py _call_timer)
     if "x" in frame:
         status, name = _exception_status(_name(frame["x"]))
         return "!memory" if status == "memory" else "!" + name

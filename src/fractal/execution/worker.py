@@ -266,7 +266,7 @@ def _child(problem_id: str, task_r: int, res_w: int, out_w: int, zygote: "Zygote
     gc.enable()
     # sys.stdin/stdout/stderr already wrap fds 0, 1 and 2, now /dev/null and the output pipe.
 
-    entry_point, code_bytes, source = marshal.loads(b"".join(chunks))
+    entry_point, code_bytes, source, call_cpu_limit = marshal.loads(b"".join(chunks))
     del chunks
     # Decoded in the zygote before this process existed, so nothing the candidate patches
     # touches the inputs; each call has objects of its own, so a call that mutates its
@@ -302,6 +302,9 @@ def _child(problem_id: str, task_r: int, res_w: int, out_w: int, zygote: "Zygote
     if fn is None:
         _frame({"x": "NameError"})
         return
+    if call_cpu_limit:
+        _call_timer(call_cpu_limit, calls, fn)
+        return
     for args, kwargs in calls:
         try:
             value = fn(*args, **kwargs)
@@ -313,6 +316,53 @@ def _child(problem_id: str, task_r: int, res_w: int, out_w: int, zygote: "Zygote
         except BaseException as e:
             _frame({"x": wire.type_name(e)})
     _frame({"done": 1})
+
+
+class _CallTimeout(BaseException):
+    """Raised into a call that has used its own CPU limit (a task's `call_cpu_limit`)."""
+
+
+def _call_timer(limit: float, calls: list, fn) -> None:
+    """The calls, each with `limit` seconds of user CPU time of its own (ITIMER_VIRTUAL),
+    as CodeT's time_limit gives each test: a call over it is reported {"t": 1} and the next
+    one starts, so a candidate that loops on some inputs costs one run, not a run per input.
+    The timer fires again every _CALL_TIMER_REPEAT while the call goes on, and a call it
+    fired in is a timeout whatever it then returns, so a call that swallows the exception
+    (a bare `except:` in a loop) gains nothing. What the timer cannot stop (a long C call,
+    a candidate resetting the signal) the warden's CPU limit for the whole run still does."""
+    state = {"armed": False, "over": False}
+
+    def expire(signum, frame):
+        if state["armed"]:
+            state["over"] = True
+            raise _CallTimeout
+
+    signal.signal(signal.SIGVTALRM, expire)
+    for args, kwargs in calls:
+        state["over"] = False
+        try:
+            state["armed"] = True
+            signal.setitimer(signal.ITIMER_VIRTUAL, limit, _CALL_TIMER_REPEAT)
+            value = fn(*args, **kwargs)
+            state["armed"] = False
+            signal.setitimer(signal.ITIMER_VIRTUAL, 0)
+        except BaseException as e:
+            state["armed"] = False
+            signal.setitimer(signal.ITIMER_VIRTUAL, 0)
+            _frame({"t": 1} if state["over"] else {"x": _exc_name(e)})
+            continue
+        if state["over"]:
+            _frame({"t": 1})
+            continue
+        try:
+            encoded = encode_plain(value)
+        except (RecursionError, ValueError):
+            encoded = {"o": [_type_name(value), True]}
+        _frame({"r": encoded})
+    _frame({"done": 1})
+
+
+_CALL_TIMER_REPEAT = 0.01  # seconds of CPU between two more expiries of a call's timer
 
 
 # ---------------------------------------------------------------------------------------
@@ -624,7 +674,8 @@ class Warden:
         problem_id = task["problem_id"]
         if "calls" in task:
             self.calls[problem_id] = task["calls"]
-        body = marshal.dumps((task["entry_point"], code, "" if code else task["program"]))
+        body = marshal.dumps((task["entry_point"], code, "" if code else task["program"],
+                              float(task.get("call_cpu_limit") or 0.0)))
         self.statuses.clear()
         start = time.monotonic()
         spawned = self._spawn(problem_id)
