@@ -228,14 +228,16 @@ def test_the_cpu_limit_is_per_call(tmp_path):
 def test_a_call_that_swallows_its_timeout_is_still_a_timeout(tmp_path):
     # The child's per-call timer raises into the call; a bare `except` that goes on looping,
     # or a call that catches it and returns a value, is a timeout all the same, and the
-    # calls after it run as usual. The last program resets the signal: the run's own CPU
-    # limit stops it, and the driver reruns from there.
+    # calls after it run as usual. The third resets the signal: the run's own CPU limit
+    # stops it, and the driver reruns from there.
     swallow = "def f(x):\n    while x == 2:\n        try:\n            while True:\n                pass\n        except BaseException:\n            pass\n    return x\n"
     catch = "def f(x):\n    if x == 2:\n        try:\n            while True:\n                pass\n        except BaseException:\n            return 4\n    return x\n"
     reset = ("import signal\nsignal.signal(signal.SIGVTALRM, signal.SIG_IGN)\n"
              "def f(x):\n    while x == 2:\n        pass\n    return x\n")
+    # A call in C that the timer's exception cannot reach until it returns: killed at twice the limit.
+    in_c = "def f(x):\n    if x == 2:\n        return len(str(10 ** 10 ** 8))\n    return x\n"
     asserts = [f"assert f({i}) == {i}" for i in range(5)]
-    for out in run_probe(tmp_path, [swallow, catch, reset], asserts, timeout=0.1):
+    for out in run_probe(tmp_path, [swallow, catch, reset, in_c], asserts, timeout=0.1):
         assert out["outputs"] == ["0", "1", "!timeout", "3", "4"] and out["passed"] == [0, 1, 3, 4], out
 
 

@@ -17,9 +17,10 @@ verdict beyond the values it returned.
 A CPU limit per call (`probe.timeout`, CodeT's 0.1 s per test): the worker's child gives
 each call that much user CPU time of its own (an ITIMER_VIRTUAL timer, worker.py
 `_call_timer`), reports a call over it as a timeout and goes on with the next, so a
-candidate that loops on some inputs still takes one run. The warden's CPU limit for the
-run (every call's limit, and one more) stops what the timer cannot (a long C call, a
-candidate that resets the signal); when a run stops at input i that way (or crashes, or
+candidate that loops on some inputs still takes one run. A call the timer cannot stop (a long
+C call, time in the kernel) is killed at twice its limit by a second timer (SIGPROF), and
+is a timeout; the warden's CPU limit for the run (every call's limit, and one more) stops
+a candidate that resets the signals. When a run stops at input i that way (or crashes, or
 hits the output limit) after inputs before i returned, this driver runs the candidate
 again from i; a call that fails while first in its run is recorded ("!timeout", ...) and
 the rest of its range runs next, split in two. Reruns go in rounds over the warm pool.
@@ -45,6 +46,7 @@ from __future__ import annotations
 import collections
 import hashlib
 import json
+import signal
 import sqlite3
 import sys
 import time
@@ -308,6 +310,13 @@ def _take(job: _Job, span: tuple[int, int], header: dict, payload: bytes, params
             job.outputs[a + k] = _output(frame, job.expected[a + k], job.passed, params)
         stop = a + len(results)
         if stop == b:
+            return len(results)
+        if header.get("end") == "signal" and header.get("code") == signal.SIGPROF:
+            # The child's second per-call timer killed it (worker.py _call_timer): call `stop`
+            # ran twice its limit where the first timer could not stop it; a timeout.
+            job.outputs[stop] = "!timeout"
+            if stop + 1 < b:
+                job.ranges.append((stop + 1, b))
             return len(results)
         if results:
             job.ranges.append((stop, b))

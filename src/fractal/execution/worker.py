@@ -329,7 +329,10 @@ def _call_timer(limit: float, calls: list, fn) -> None:
     The timer fires again every _CALL_TIMER_REPEAT while the call goes on, and a call it
     fired in is a timeout whatever it then returns, so a call that swallows the exception
     (a bare `except:` in a loop) gains nothing. What the timer cannot stop (a long C call,
-    a candidate resetting the signal) the warden's CPU limit for the whole run still does."""
+    a candidate resetting the signal) a second timer does: a call still running after
+    _CALL_KILL_AFTER times its limit of CPU (user and system: ITIMER_PROF) is killed by
+    SIGPROF, which the probe counts as that call's timeout; the warden's CPU limit for the
+    whole run is the last resort."""
     state = {"armed": False, "over": False}
 
     def expire(signum, frame):
@@ -338,17 +341,21 @@ def _call_timer(limit: float, calls: list, fn) -> None:
             raise _CallTimeout
 
     signal.signal(signal.SIGVTALRM, expire)
+    signal.signal(signal.SIGPROF, signal.SIG_DFL)  # terminates the process
     for args, kwargs in calls:
         state["over"] = False
         try:
             state["armed"] = True
+            signal.setitimer(signal.ITIMER_PROF, limit * _CALL_KILL_AFTER)
             signal.setitimer(signal.ITIMER_VIRTUAL, limit, _CALL_TIMER_REPEAT)
             value = fn(*args, **kwargs)
             state["armed"] = False
             signal.setitimer(signal.ITIMER_VIRTUAL, 0)
+            signal.setitimer(signal.ITIMER_PROF, 0)
         except BaseException as e:
             state["armed"] = False
             signal.setitimer(signal.ITIMER_VIRTUAL, 0)
+            signal.setitimer(signal.ITIMER_PROF, 0)
             _frame({"t": 1} if state["over"] else {"x": _exc_name(e)})
             continue
         if state["over"]:
@@ -363,6 +370,7 @@ def _call_timer(limit: float, calls: list, fn) -> None:
 
 
 _CALL_TIMER_REPEAT = 0.01  # seconds of CPU between two more expiries of a call's timer
+_CALL_KILL_AFTER = 2.0  # a call the timer cannot stop is killed at this many times its limit
 
 
 # ---------------------------------------------------------------------------------------
