@@ -241,6 +241,15 @@ def test_a_call_that_swallows_its_timeout_is_still_a_timeout(tmp_path):
         assert out["outputs"] == ["0", "1", "!timeout", "3", "4"] and out["passed"] == [0, 1, 3, 4], out
 
 
+def test_a_timed_out_call_costs_no_rerun(tmp_path, capfd):
+    # The timer stops the call in the child and the run goes on: one run per program, in
+    # one round (the driver's count), however many calls time out.
+    loop = "def f(x):\n    while x % 2:\n        pass\n    return x\n"
+    out, = run_probe(tmp_path, [loop], [f"assert f({i}) == {i}" for i in range(6)], timeout=0.1)
+    assert out["outputs"] == ["0", "!timeout", "2", "!timeout", "4", "!timeout"]
+    assert "1 runs (0 after a failed call, in 1 rounds)" in capfd.readouterr().err
+
+
 def test_a_hostile_candidate_cannot_forge_a_pass_for_another(tmp_path):
     # The hostile one runs first on the same worker: it leaves a process behind that
     # writes frames claiming the expected values into the result pipe, and returns an

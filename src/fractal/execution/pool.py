@@ -34,7 +34,7 @@ from fractal.params import LabelParams
 _DEPTH = 2  # tasks queued per worker
 _SLACK = 10.0  # seconds beyond a task's longest run (_longest) before a silent worker counts as hung
 _START_TIMEOUT = 60.0
-_WIRE = ("id", "problem_id", "entry_point", "time_limit", "cpu_limit", "calls_cpu_limit", "max_output_bytes",
+_WIRE = ("id", "problem_id", "entry_point", "time_limit", "cpu_limit", "calls_cpu_limit", "call_cpu_limit", "max_output_bytes",
          "max_result_bytes")
 
 
