@@ -356,15 +356,15 @@ def _call_timer(limit: float, calls: list, fn) -> None:
             state["armed"] = False
             signal.setitimer(signal.ITIMER_VIRTUAL, 0)
             signal.setitimer(signal.ITIMER_PROF, 0)
-            _frame({"t": 1} if state["over"] else {"x": _exc_name(e)})
+            _frame({"t": 1} if state["over"] else {"x": wire.type_name(e)})
             continue
         if state["over"]:
             _frame({"t": 1})
             continue
         try:
-            encoded = encode_plain(value)
+            encoded = wire.encode_plain(value)
         except (RecursionError, ValueError):
-            encoded = {"o": [_type_name(value), True]}
+            encoded = {"o": [wire.type_name(value), True]}
         _frame({"r": encoded})
     _frame({"done": 1})
 
