@@ -34,11 +34,11 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -49,6 +49,8 @@ TRACKING_ENV = "FRACTAL_TRACKING"
 EXPERIMENT = "fractal"  # MLFLOW_EXPERIMENT_NAME overrides it
 CRITIC_MODEL = "critic"  # the registered model's name
 _TAG_VALUE_MAX = 5000
+# What MLflow takes in one log_batch call: 1000 entities, of which at most 100 params.
+_ENTITIES_PER_BATCH, _PARAMS_PER_BATCH = 1000, 100
 STORE_PROBE_SECONDS = 3.0  # how long an MLflow server may take to answer before a stage refuses to start
 
 
@@ -304,20 +306,32 @@ def invocation() -> tuple[str, str]:
 # Logging a stage
 # ---------------------------------------------------------------------------------------
 def tracked(stage: str, run: Callable[[], int], executor: str = "local") -> int:
-    """Runs the stage and records it; the stage's exit code is returned unchanged. A store
-    that cannot be opened stops the stage before it runs (nothing would be traceable)."""
+    """Runs the stage and records it; the stage's exit code is returned unchanged.
+
+    MLflow is imported and the store opened (created, migrated) in a thread while the stage
+    runs: that takes seconds, which the stage's own work hides, and with tracking off
+    nothing of MLflow is imported at all. A store that cannot be used stops the stage with
+    exit 2: before it runs when the check is cheap (a server that does not answer, a
+    SQLite file that cannot be written: check_store, check_local_store), else after it, when
+    opening fails (its outputs then stay unrecorded, and DVC does not lock them)."""
     if not enabled():
         return run()
     root = repo_root()
     try:
         check_store()
-        with store_lock(root):
-            open_store(root)
+        check_local_store(root)
     except TrackingError as e:
         print(f"fractal run: {e}", file=sys.stderr)
         return 2
+    opening = _Opening(root)
     start = time.time()
     rc = run()
+    try:
+        opening.result()
+    except Exception as e:
+        message = str(e) if isinstance(e, TrackingError) else f"MLflow could not be opened ({type(e).__name__}: {str(e)[:300]})"
+        print(f"fractal run: {stage} ran, but {message}; its outputs are not recorded", file=sys.stderr)
+        return rc or 2
     try:
         run_id = record_stage(stage, rc, start, time.time(), executor, billing=_lambda_billing(executor))
         print(f"fractal run: {stage} recorded in MLflow run {run_id} ({_safe_uri(tracking_uri(root))})", file=sys.stderr)
@@ -325,6 +339,51 @@ def tracked(stage: str, run: Callable[[], int], executor: str = "local") -> int:
         print(f"fractal run: warning: {stage} ran but could not be recorded in MLflow "
               f"({type(e).__name__}: {str(e)[:500]})", file=sys.stderr)
     return rc
+
+
+class _Opening(threading.Thread):
+    """Imports MLflow and DVC (record_stage reads the stage through it) and opens the store,
+    beside the stage; `result` waits for it and raises what it raised."""
+
+    def __init__(self, root: Path):
+        super().__init__(name="fractal-tracking", daemon=True)
+        self.root = root
+        self.error: BaseException | None = None
+        self.start()
+
+    def run(self) -> None:
+        try:
+            import dvc.repo  # noqa: F401
+
+            with store_lock(self.root):
+                open_store(self.root)
+        except BaseException as e:  # re-raised in the main thread by result()
+            self.error = e
+
+    def result(self) -> None:
+        self.join()
+        if self.error is not None:
+            raise self.error
+
+
+def check_local_store(root: Path) -> None:
+    """Raises TrackingError when the store is a SQLite file that cannot be written: its
+    folder is missing or not writable, or the path is not a file. Checked without MLflow,
+    before the stage runs; what only MLflow can tell (a newer schema, a broken file) shows
+    when the store opens."""
+    uri = tracking_uri(root)
+    if not uri.startswith("sqlite:///"):
+        return
+    path = Path(urllib.parse.unquote(uri[len("sqlite:///"):].split("?", 1)[0]))
+    folder = path.parent
+    problem = (f"its folder {folder} is not a folder" if not folder.is_dir() else
+               f"its folder {folder} is not writable" if not os.access(folder, os.W_OK | os.X_OK) else
+               f"{path} is not a writable file" if path.exists() and not (path.is_file() and os.access(path, os.W_OK))
+               else "")
+    if problem:
+        where = "MLFLOW_TRACKING_URI is" if os.environ.get("MLFLOW_TRACKING_URI", "").strip() else "the MLflow store is"
+        raise TrackingError(f"{where} {_safe_uri(uri)}, but {problem}; fix MLFLOW_TRACKING_URI, "
+                            f"or set {TRACKING_ENV}=off to run without MLflow")
 
 
 def _lambda_billing(executor: str) -> Any:
@@ -363,8 +422,12 @@ def record_stage(stage: str, rc: int, start: float, end: float, executor: str = 
         run_id = run.info.run_id
         params = [Param(k, _text(v)) for k, v in sorted(record.params.items())]
         metrics = [Metric(k, v, ms, 0) for k, v in sorted(record.metrics.items())]
-        for i in range(0, max(len(params), len(metrics)), 100):
-            client.log_batch(run_id, metrics=metrics[i:i + 100], params=params[i:i + 100])
+        # One call for the stage; more only past what MLflow takes in one.
+        while params or metrics:
+            batch_params, params = params[:_PARAMS_PER_BATCH], params[_PARAMS_PER_BATCH:]
+            room = _ENTITIES_PER_BATCH - len(batch_params)
+            batch_metrics, metrics = metrics[:room], metrics[room:]
+            client.log_batch(run_id, metrics=batch_metrics, params=batch_params)
         if rc == 0:
             for critic_dir in record.critic_dirs:
                 log_critic(client, run_id, cwd / critic_dir, critic_dir, {**lineage, **{
@@ -557,22 +620,28 @@ def log_critic(client: Any, run_id: str, directory: Path, shown: str, lineage: d
     """Each epoch's checkpoint with its validation metrics at its epoch step; then the critic
     (every fold's best weights and critic.json) as a pyfunc model, registered as a version of
     CRITIC_MODEL with the run's lineage in its tags. Returns the ModelVersion."""
-    import mlflow
+    import mlflow.pyfunc
     import torch
     from mlflow.entities import Metric
 
+    from fractal.registered_critic import CriticModel
+
     folds = sorted(p for p in directory.glob("fold-*") if p.is_dir())
+    metrics = []
+    ms = int(time.time() * 1000)
     for fold_dir in folds:
-        metrics = []
         for ckpt in sorted(fold_dir.glob("epoch-*.pt")):
             state = torch.load(ckpt, map_location="cpu", weights_only=False)
             epoch = int(state.get("epoch", 0)) + 1
             for k, v in (state.get("metrics") or {}).items():
                 if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("fold", "epoch") and v == v:
-                    metrics.append(Metric(f"{fold_dir.name}/{k}", float(v), int(time.time() * 1000), epoch))
-            client.log_artifact(run_id, str(ckpt), f"checkpoints/{fold_dir.name}")
-        for i in range(0, len(metrics), 500):
-            client.log_batch(run_id, metrics=metrics[i:i + 500])
+                    metrics.append(Metric(f"{fold_dir.name}/{k}", float(v), ms, epoch))
+    for i in range(0, len(metrics), _ENTITIES_PER_BATCH):  # one call for every epoch of every fold
+        client.log_batch(run_id, metrics=metrics[i:i + _ENTITIES_PER_BATCH])
+    scratch = Path.cwd() / ".fractal"  # beside the checkpoints' filesystem, so they are hard-linked, not copied
+    scratch.mkdir(exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="mlflow-checkpoints-", dir=scratch) as tmp:
+        client.log_artifacts(run_id, str(_checkpoints_only(folds, Path(tmp) / "checkpoints")), "checkpoints")
     config = json.loads((directory / "critic.json").read_text())
     with tempfile.TemporaryDirectory(prefix="fractal-critic-") as tmp, \
             mlflow.start_run(run_id=run_id, nested=True), _quiet():
@@ -674,6 +743,21 @@ def _package_copy(tmp: Path) -> Path:
                                 ignore=shutil.ignore_patterns("__pycache__", "*.pyc")))
 
 
+def _checkpoints_only(folds: list[Path], tmp: Path) -> Path:
+    """`tmp` holding each fold's epoch checkpoints (hard links where the filesystem allows),
+    so that one log_artifacts call sends them all."""
+    import shutil
+
+    for fold_dir in folds:
+        (tmp / fold_dir.name).mkdir(parents=True)
+        for ckpt in sorted(fold_dir.glob("epoch-*.pt")):
+            try:
+                os.link(ckpt, tmp / fold_dir.name / ckpt.name)
+            except OSError:
+                shutil.copy2(ckpt, tmp / fold_dir.name / ckpt.name)
+    return tmp
+
+
 def _best_only(directory: Path, tmp: Path) -> Path:
     """A copy of the critic in `tmp` with only critic.json and each fold's best.pt: what
     scoring needs (the epoch checkpoints are logged on their own)."""
@@ -704,43 +788,11 @@ def _quiet() -> Iterator[None]:
         logger.setLevel(level)
 
 
-with warnings.catch_warnings():  # MLflow's own import warns about type hints of its classes
-    warnings.simplefilter("ignore", UserWarning)
-    try:
-        import mlflow.pyfunc as _pyfunc
-
-        _PythonModel = _pyfunc.PythonModel
-    except ImportError:  # tracking is optional for the library
-        _PythonModel = object
-
-
-class CriticModel(_PythonModel):
-    """The registered critic: `mlflow.pyfunc.load_model("models:/critic/N").predict(df)` with
-    one row per candidate (columns problem_id, sample, prompt, program; text optional)
-    returns the critic's probability of passing for each row, in row order."""
-
-    def load_context(self, context: Any) -> None:
-        from fractal.critic.scorer import load_critic
-
-        self.critic = load_critic(context.artifacts["critic"])
-
-
-def _predict(self: CriticModel, context: Any, model_input: Any, params: dict | None = None) -> Any:
-    import numpy as np
-
-    from fractal.records import Generation, Problem
-
-    rows = model_input.to_dict("records") if hasattr(model_input, "to_dict") else list(model_input)
-    problems: dict[str, Problem] = {}
-    generations = []
-    for r in rows:
-        pid = str(r["problem_id"])
-        problems.setdefault(pid, Problem(pid, "", "", r["prompt"], "", "", "", text=r.get("text") or ""))
-        generations.append(Generation(pid, int(r["sample"]), "", r["program"], "", ""))
-    scores = {(s.problem_id, s.sample): s.score for s in self.critic.score(list(problems.values()), generations)}
-    return np.array([scores[g.problem_id, g.sample] for g in generations])
-
-
-# Set after the class exists: MLflow inspects a predict defined in the class body for a
-# type-hinted schema and warns on every import when it finds none.
-CriticModel.predict = _predict
+def __getattr__(name: str) -> Any:
+    # The pyfunc class lives in fractal.registered_critic, which imports MLflow: importing
+    # this module (every `fractal run`) must not. Critics registered before the move
+    # pickled it as fractal.tracking.CriticModel; they still find it here.
+    if name == "CriticModel":
+        from fractal.registered_critic import CriticModel
+        return CriticModel
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
