@@ -5,12 +5,15 @@ problems' candidates, printing load time and rows per second.
     python speed/critic_predict.py                   # 1 problem x its 100 candidates, then 5 problems
     python speed/critic_predict.py --model models:/critic/1 --problems 1 10
 
-Figures are wall-clock: they depend on the machine and on what else it is doing (print
-`uptime` beside them). The first predict of a process also loads the encoder.
+Figures are wall-clock: they depend on the machine and on what else it is doing, so the
+load average is printed beside them. Loading the model loads the critic, its encoder and
+every fold's head (CriticModel.load_context); a predict call then only embeds and scores
+its rows, so the load time is printed apart from the per-row figures.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 import warnings
@@ -31,6 +34,7 @@ def main() -> int:
     from fractal import tracking
     from fractal.records import Generation, Problem, read_jsonl
 
+    print("load average (1, 5, 15 min): " + ", ".join(f"{x:.2f}" for x in os.getloadavg()) + f" on {os.cpu_count()} cores")
     root = tracking.repo_root(ROOT)
     with tracking.store_lock(root):
         tracking.open_store(root)
@@ -53,6 +57,7 @@ def main() -> int:
         seconds = time.perf_counter() - t0
         print(f"predict {len(frame)} rows ({n} problem(s)): {seconds:.1f} s, {len(frame) / seconds:.1f} rows/s, "
               f"scores in [{min(scores):.3f}, {max(scores):.3f}]")
+    print("load average (1, 5, 15 min): " + ", ".join(f"{x:.2f}" for x in os.getloadavg()))
     return 0
 
 
