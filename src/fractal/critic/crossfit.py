@@ -21,11 +21,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fractal.critic.backbone import load_classifier, load_tokenizer
-from fractal.critic.embed import embed
+from fractal.critic.backbone import load_classifier
+from fractal.critic.embed import Encoder, embed
 from fractal.critic.features import build_features
 from fractal.critic.folds import make_folds
-from fractal.critic.inputs import critic_input, encode
+from fractal.critic.inputs import critic_input, encode, pad_batch
 from fractal.critic.train import Batches, FoldResult, Head, train_fold
 from fractal.params import ParamsError, TrainParams
 from fractal.records import Generation, Label, Problem, Score, atomic_folder
@@ -87,20 +87,23 @@ class Inputs:
 
 def build_inputs(config: dict, problem_of: dict[str, Problem], generations: list[Generation],
                  cache_dir: str | Path | None, embeddings: np.ndarray | None = None,
-                 execution: np.ndarray | None = None) -> Inputs:
+                 execution: np.ndarray | None = None, encoder: Encoder | None = None) -> Inputs:
     """Head: frozen embeddings (given, one row per generation, as the embed stage wrote them,
-    or computed with the cache in `cache_dir`) turned into features, with the `execution`
-    features where config["features"] asks for them; full / lora: token ids, batched by
-    length. Features of a candidate depend on every candidate of its problem in
-    `generations` (critic/features.py)."""
+    or computed with the cache in `cache_dir`, None for none) turned into features, with the
+    `execution` features where config["features"] asks for them; full / lora: token ids,
+    batched by length. Features of a candidate depend on every candidate of its problem in
+    `generations` (critic/features.py). `encoder`: the backbone's tokenizer and encoder,
+    already loaded (a scorer keeps one across calls)."""
     if config["method"] not in METHODS:
         raise ParamsError(f"params.yaml: `train.method` is {config['method']!r}; choose {', '.join(METHODS)}")
     items = [critic_input(problem_of[g.problem_id], g) for g in generations]
-    tokenizer = load_tokenizer(config["backbone"])
+    encoder = encoder or Encoder(config["backbone"], config["max_length"], config["prompt_tokens"])
+    tokenizer = encoder.tokenizer
     if config["method"] == "head":
-        n_tokens = [len(tokenizer.encode(it.code, add_special_tokens=False)) for it in items]
+        n_tokens = [len(t) for t in tokenizer([it.code for it in items], add_special_tokens=False)["input_ids"]]
         emb = embeddings if embeddings is not None else embed(
-            items, config["backbone"], config["max_length"], config["prompt_tokens"], config["embed_batch_size"], cache_dir)
+            items, config["backbone"], config["max_length"], config["prompt_tokens"], config["embed_batch_size"],
+            cache_dir, encoder)
         x = torch.tensor(build_features(emb, [g.problem_id for g in generations], [it.code for it in items],
                                         n_tokens, config["features"], execution))
         return Inputs(Batches(make=lambda b: {"x": x[b]}), features=x)
@@ -108,17 +111,7 @@ def build_inputs(config: dict, problem_of: dict[str, Problem], generations: list
     ids = [encode(tokenizer, it, config["max_length"], config["prompt_tokens"]) for it in items]
     lengths = np.array([len(t) for t in ids])
     pad = tokenizer.pad_token_id
-
-    def make(b: list[int]) -> dict:
-        width = max(lengths[b])
-        input_ids = torch.full((len(b), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(b), width), dtype=torch.long)
-        for r, i in enumerate(b):
-            input_ids[r, :lengths[i]] = torch.tensor(ids[i])
-            mask[r, :lengths[i]] = 1
-        return {"input_ids": input_ids, "attention_mask": mask}
-
-    return Inputs(Batches(make=make, lengths=lengths), pad_token_id=pad)
+    return Inputs(Batches(make=lambda b: pad_batch([ids[i] for i in b], pad), lengths=lengths), pad_token_id=pad)
 
 
 def build_model(config: dict, inputs: Inputs, fit: list[int] | None = None) -> torch.nn.Module:
@@ -127,10 +120,8 @@ def build_model(config: dict, inputs: Inputs, fit: list[int] | None = None) -> t
     if config["method"] == "head":
         x = inputs.features
         if fit is None:
-            mean, std = np.zeros(x.shape[1]), np.ones(x.shape[1])
-        else:
-            mean, std = x[fit].mean(0).numpy(), x[fit].std(0).numpy() + 1e-6
-        return Head(x.shape[1], config["hidden"], config["dropout"], mean, std)
+            return build_head(config, x.shape[1])
+        return build_head(config, x.shape[1], x[fit].mean(0).numpy(), x[fit].std(0).numpy() + 1e-6)
     model = load_classifier(config["backbone"], inputs.pad_token_id)
     if config["method"] == "lora":
         try:
@@ -140,6 +131,14 @@ def build_model(config: dict, inputs: Inputs, fit: list[int] | None = None) -> t
         model = get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, r=config["lora_r"],
                                                   lora_alpha=2 * config["lora_r"], lora_dropout=config["dropout"]))
     return _LogitsOnly(model)
+
+
+def build_head(config: dict, n_in: int, mean: np.ndarray | None = None, std: np.ndarray | None = None) -> Head:
+    """A head on `n_in` features, standardised with `mean` and `std`; without them the
+    standardisation is left to the checkpoint's buffers to fill."""
+    mean = np.zeros(n_in) if mean is None else mean
+    std = np.ones(n_in) if std is None else std
+    return Head(n_in, config["hidden"], config["dropout"], mean, std)
 
 
 def fit_and_score(problems: list[Problem], generations: list[Generation], labels: list[Label],

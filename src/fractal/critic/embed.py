@@ -15,7 +15,7 @@ import torch
 from tqdm import tqdm
 
 from fractal.critic.backbone import load_encoder, load_tokenizer
-from fractal.critic.inputs import CriticInput, encode
+from fractal.critic.inputs import CriticInput, encode, pad_batch
 from fractal.records import atomic_path
 
 
@@ -42,43 +42,72 @@ def _save_shard(cache_dir: Path, keys: list[str], vectors: np.ndarray) -> None:
             np.savez(f, keys=np.array(keys), vectors=vectors.astype(np.float32))
 
 
+class Encoder:
+    """The frozen encoder and its tokenizer, each loaded once, on first use: a caller that
+    embeds a few candidates at a time (the registered critic's predict) pays the model load
+    once, not per call. The model stays unloaded while everything asked for is cached."""
+
+    def __init__(self, backbone: str, max_length: int, prompt_tokens: int):
+        self.backbone, self.max_length, self.prompt_tokens = backbone, max_length, prompt_tokens
+        self._tokenizer = None
+        self._model: torch.nn.Module | None = None
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            self._tokenizer = load_tokenizer(self.backbone)
+        return self._tokenizer
+
+    @property
+    def model(self) -> torch.nn.Module:
+        if self._model is None:
+            self._model = load_encoder(self.backbone).eval()
+        return self._model
+
+    def key(self, item: CriticInput) -> str:
+        return input_key(self.backbone, self.max_length, self.prompt_tokens, item)
+
+    def batch(self, ids: list[list[int]]) -> np.ndarray:
+        """Mean-pooled, L2-normalised embeddings of one batch of token id sequences."""
+        inputs = pad_batch(ids, self.tokenizer.pad_token_id or 0)
+        with torch.inference_mode():
+            hidden = self.model(**inputs).last_hidden_state
+            mask = inputs["attention_mask"][..., None]
+            pooled = (hidden * mask).sum(1) / mask.sum(1)
+            return torch.nn.functional.normalize(pooled, dim=-1).numpy()
+
+
 def embed(items: list[CriticInput], backbone: str, max_length: int, prompt_tokens: int,
-          batch_size: int, cache_dir: str | os.PathLike) -> np.ndarray:
-    """Mean-pooled, L2-normalised encoder embeddings of every item, one row per item."""
-    cache_dir = Path(cache_dir)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    keys = [input_key(backbone, max_length, prompt_tokens, it) for it in items]
-    cache = _load_cache(cache_dir)
+          batch_size: int, cache_dir: str | os.PathLike | None, encoder: Encoder | None = None) -> np.ndarray:
+    """Mean-pooled, L2-normalised encoder embeddings of every item, one row per item; each
+    distinct input is embedded once, in batches of similar length (little padding, so far
+    less work on CPU). `cache_dir`: the shard cache to read and extend (None: none, for a
+    caller that embeds a few candidates and keeps nothing). `encoder`: one already loaded
+    with these backbone and truncation settings."""
+    encoder = encoder or Encoder(backbone, max_length, prompt_tokens)
+    keys = [encoder.key(it) for it in items]
+    cache: dict[str, np.ndarray] = {}
+    if cache_dir is not None:
+        cache_dir = Path(cache_dir)
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        cache = _load_cache(cache_dir)
     todo = {k: it for k, it in zip(keys, items) if k not in cache}  # distinct inputs only
     if todo:
-        tokenizer = load_tokenizer(backbone)
-        encoder = load_encoder(backbone).eval()
-        ids = {k: encode(tokenizer, it, max_length, prompt_tokens) for k, it in todo.items()}
-        # Batching by length: little padding, so far less work on CPU.
+        ids = {k: encode(encoder.tokenizer, it, max_length, prompt_tokens) for k, it in todo.items()}
         order = sorted(ids, key=lambda k: len(ids[k]))
-        pad = tokenizer.pad_token_id or 0
         shard_keys, shard_vecs = [], []
-        with torch.inference_mode(), tqdm(total=len(order), desc="embed", unit="input") as bar:
+        with tqdm(total=len(order), desc="embed", unit="input", disable=cache_dir is None) as bar:
             for start in range(0, len(order), batch_size):
                 batch = order[start:start + batch_size]
-                width = max(len(ids[k]) for k in batch)
-                input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
-                mask = torch.zeros((len(batch), width), dtype=torch.long)
-                for i, k in enumerate(batch):
-                    input_ids[i, :len(ids[k])] = torch.tensor(ids[k])
-                    mask[i, :len(ids[k])] = 1
-                hidden = encoder(input_ids=input_ids, attention_mask=mask).last_hidden_state
-                pooled = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
-                pooled = torch.nn.functional.normalize(pooled, dim=-1).numpy()
-                for k, v in zip(batch, pooled):
-                    cache[k] = v
+                vectors = encoder.batch([ids[k] for k in batch])
+                cache.update(zip(batch, vectors))
                 shard_keys += batch
-                shard_vecs.append(pooled)
-                if len(shard_keys) >= 2048:  # a shard every ~2k inputs: little lost on a kill
+                shard_vecs.append(vectors)
+                if cache_dir is not None and len(shard_keys) >= 2048:  # a shard every ~2k inputs: little lost on a kill
                     _save_shard(cache_dir, shard_keys, np.concatenate(shard_vecs))
                     shard_keys, shard_vecs = [], []
                 bar.update(len(batch))
-        if shard_keys:
+        if cache_dir is not None and shard_keys:
             _save_shard(cache_dir, shard_keys, np.concatenate(shard_vecs))
     return np.stack([cache[k] for k in keys])
 

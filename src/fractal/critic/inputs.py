@@ -7,8 +7,12 @@ long docstring never pushes the candidate out of the window.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from fractal.records import Generation, Problem
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
@@ -32,3 +36,17 @@ def encode(tokenizer, item: CriticInput, max_length: int, prompt_tokens: int) ->
     if len(enc["input_ids"]) > prompt_tokens:
         prompt = item.prompt[: enc["offset_mapping"][prompt_tokens][0]]
     return tokenizer(prompt, item.code, truncation="only_second", max_length=max_length)["input_ids"]
+
+
+def pad_batch(sequences: list[list[int]], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Token id sequences as one right-padded batch: input_ids and the attention_mask that
+    hides the padding, as wide as the longest sequence."""
+    import torch  # here, not above: the rank stage reads critic_input and needs no torch
+
+    width = max(len(s) for s in sequences)
+    input_ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        input_ids[row, :len(seq)] = torch.tensor(seq, dtype=torch.long)
+        mask[row, :len(seq)] = 1
+    return {"input_ids": input_ids, "attention_mask": mask}

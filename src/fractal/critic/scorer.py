@@ -14,17 +14,17 @@ candidate of a problem: a subset gets other features, hence other scores.
 """
 from __future__ import annotations
 
-import contextlib
 import json
-import tempfile
 from collections import defaultdict
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from fractal.critic.crossfit import METHODS, Inputs, build_inputs, build_model, resolve_device
+from fractal.critic.crossfit import METHODS, Inputs, build_head, build_inputs, build_model, resolve_device
+from fractal.critic.embed import Encoder
 from fractal.critic.train import predict
 from fractal.params import TrainParams
 from fractal.records import Generation, Problem, Score
@@ -42,12 +42,29 @@ _HOW_TO_GET = "run `dvc pull models/critic` to fetch it, or `dvc repro train` to
 
 
 class Critic:
-    """A trained critic: one model per cross-fitting fold, loaded a fold at a time when scoring."""
+    """A trained critic: one model per cross-fitting fold.
+
+    The encoder (and tokenizer) and a head critic's fold models are loaded once, on first
+    use or by `load_models`, and kept: scoring a few candidates at a time (the registered
+    model's predict) then costs their embeddings, not a model load per call. A fine-tuned
+    critic's folds are whole backbones, so they are loaded a fold at a time per call and
+    not kept (memory stays one backbone)."""
 
     def __init__(self, directory: Path, config: dict, device: str):
         self.directory = directory
         self.config = config  # critic.json
         self.device, self.precision, self._autocast = resolve_device(config["precision"], device)
+        self.encoder = Encoder(config["backbone"], config["max_length"], config["prompt_tokens"])
+        self._heads: dict[int, torch.nn.Module] = {}  # fold index -> its best head, once loaded
+
+    def load_models(self) -> None:
+        """Loads now what scoring keeps (the tokenizer; for a head critic the encoder and
+        every fold's head), so the first score is as fast as the next."""
+        self.encoder.tokenizer
+        if self.config["method"] == "head":
+            self.encoder.model
+            for fold in self.config["folds"]:
+                self._head(fold["index"])
 
     def score(self, problems: list[Problem], generations: list[Generation],
               cache_dir: str | Path | None = None) -> list[Score]:
@@ -55,7 +72,7 @@ class Critic:
 
         `cache_dir`: the embedding cache of the head critic (the train stage's is
         .fractal/train/embeddings; passing it reuses what training embedded). None embeds
-        into a temporary directory that is removed afterwards.
+        in memory and keeps nothing.
         """
         problem_of = {p.problem_id: p for p in problems}
         unknown = next((g for g in generations if g.problem_id not in problem_of), None)
@@ -73,8 +90,7 @@ class Critic:
         probability: dict[int, float] = {}
         fold_given: dict[int, int] = {}
         total_new = np.zeros(len(new))
-        with _cache(cache_dir) as cache:
-            inputs = build_inputs(self.config, problem_of, generations, cache)
+        inputs = build_inputs(self.config, problem_of, generations, cache_dir, encoder=self.encoder)
         batch_size = self.config["batch_size"]
         for fold in tqdm(self.config["folds"], desc="score", unit="fold", leave=False):
             # The same candidates in the same order as train_fold scored: the same batches.
@@ -99,14 +115,25 @@ class Critic:
         return scores
 
     def _fold_model(self, index: int, inputs: Inputs) -> torch.nn.Module:
+        if self.config["method"] == "head":
+            return self._head(index)
+        return self._load_fold(index, lambda state: build_model(self.config, inputs))
+
+    def _head(self, index: int) -> torch.nn.Module:
+        if index not in self._heads:  # as wide as its checkpoint's standardisation buffers
+            self._heads[index] = self._load_fold(index, lambda state: build_head(self.config, len(state["mean"])))
+        return self._heads[index]
+
+    def _load_fold(self, index: int, build: Callable[[dict], torch.nn.Module]) -> torch.nn.Module:
         path = self.directory / f"fold-{index}" / "best.pt"
         state = torch.load(path, map_location=self.device, weights_only=True)
-        model = build_model(self.config, inputs).to(self.device)
         try:
+            model = build(state["model"]).to(self.device)
             model.load_state_dict(state["model"])
         except (RuntimeError, KeyError) as e:
             raise ValueError(f"{path}: its weights do not fit the critic {self.directory / 'critic.json'} describes "
                              f"({str(e)[:300]}); the directory mixes two trainings, {_HOW_TO_GET}") from None
+        model.eval()
         return model
 
 
@@ -134,12 +161,3 @@ def load_critic(directory: str | Path, device: str | None = None) -> Critic:
         if not best.is_file():
             raise FileNotFoundError(f"{best}: missing (critic.json lists fold {fold['index']}); {_HOW_TO_GET}")
     return Critic(directory, {**_OLDER_DEFAULTS, **stored}, device)
-
-
-@contextlib.contextmanager
-def _cache(cache_dir: str | Path | None):
-    if cache_dir is not None:
-        yield Path(cache_dir)
-        return
-    with tempfile.TemporaryDirectory(prefix="fractal-embeddings-") as tmp:
-        yield Path(tmp)
