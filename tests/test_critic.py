@@ -159,6 +159,28 @@ def test_loaded_head_critic_embeds_afresh_without_a_cache(runs_dir):
     assert_same_scores(load_critic(critic_dir, device="cpu").score(problems, generations), run.scores)
 
 
+def test_loaded_head_critic_loads_its_encoder_and_heads_once(runs_dir, monkeypatch):
+    """What the registered critic's predict relies on: after load_models, scoring a few
+    candidates at a time loads no model again and gives the same scores as all at once."""
+    import fractal.critic.embed as embed_module
+
+    params = TrainParams(folds=2, epochs=3, patience=3, batch_size=16, lr=3e-3, hidden=8, features=["consensus"])
+    problems, generations, run, critic_dir = train_and_export(runs_dir, "head-once", params)
+    critic = load_critic(critic_dir, device="cpu")
+    critic.load_models()
+
+    def no_second_load(*args, **kwargs):
+        raise AssertionError("the encoder was loaded again")
+
+    monkeypatch.setattr(embed_module, "load_encoder", no_second_load)
+    monkeypatch.setattr(embed_module, "load_tokenizer", no_second_load)
+    monkeypatch.setattr("fractal.critic.scorer.torch.load", no_second_load)
+    got = []
+    for p in problems:  # one problem per call, as a user scoring new candidates would
+        got += critic.score(problems, [g for g in generations if g.problem_id == p.problem_id])
+    assert_same_scores(sorted(got, key=lambda s: (s.problem_id, s.sample)), run.scores)
+
+
 def test_loaded_full_critic_gives_the_train_stage_scores(runs_dir):
     from tiny_model import build_tiny_model
 

@@ -90,6 +90,25 @@ def test_a_copied_or_moved_repository_keeps_its_own_artifacts(tmp_path, monkeypa
     assert not old.exists()
 
 
+def test_fractal_run_imports_mlflow_only_when_tracking():
+    """`import mlflow.pyfunc` alone takes seconds: the tracking module (imported by every
+    `fractal run`) leaves it to the moment it logs, and the pyfunc class to registration."""
+    code = ("import sys, fractal.tracking as t; assert 'mlflow' not in sys.modules, 'tracking imported mlflow'; "
+            "t.CriticModel; assert 'mlflow.pyfunc' in sys.modules; print(t.CriticModel.__module__)")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.split() == ["fractal.registered_critic"]  # where critics pickled as tracking.CriticModel find it
+
+
+def test_a_store_that_cannot_be_written_stops_the_stage_before_mlflow_loads(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/missing-folder/mlflow.db")
+    ran = []
+    assert tracking.tracked("label", lambda: ran.append(1) or 0) == 2
+    err = capsys.readouterr().err
+    assert not ran and "missing-folder is not a folder" in err and "FRACTAL_TRACKING=off" in err
+
+
 def test_tracking_can_be_switched_off(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("FRACTAL_TRACKING", "off")
