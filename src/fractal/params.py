@@ -348,10 +348,8 @@ class TrainParams:
     hybrid_features: list[str] = dataclasses.field(default_factory=lambda: ["consensus", "execution"])
     epochs: int = param(30, min=1)
     patience: int = param(5, min=1)  # epochs without a better validation AUROC before stopping
-    # A head reads a few features per candidate: a step of 64 costs as much as one of 1024,
-    # so the head trains in large batches with a larger rate (fine-tuning: e.g. 16 and 2e-5).
-    batch_size: int = param(1024, min=1)
-    lr: float = param(1e-2, gt=0)
+    batch_size: int = param(64, min=1)
+    lr: float = param(1e-3, gt=0)
     weight_decay: float = param(0.01, min=0)
     hidden: int = param(16, min=0)  # head: hidden units of the MLP (0: logistic regression)
     dropout: float = param(0.1, min=0, lt=1)
