@@ -2,6 +2,7 @@
 -> data/labels.jsonl, metrics/label.json, timings/label.jsonl"""
 from fractal import params
 from fractal.execution import label_candidates, problem_statuses
+from fractal.execution.cluster import executor_for
 from fractal.execution.isolation import mode_of
 from fractal.execution.judge import COUNTED
 from fractal.labels import pass_rates
@@ -10,7 +11,7 @@ from fractal.records import Generation, Problem, read_jsonl, write_json, write_j
 p = params.load("label")
 problems = read_jsonl("data/problems.jsonl", Problem)
 generations = read_jsonl("data/generations.jsonl", Generation)
-labels = label_candidates(problems, generations, p)
+labels = label_candidates(problems, generations, p, execute=executor_for("label"))  # here, or on Ray (docs/ray.md)
 write_jsonl("data/labels.jsonl", labels)  # without durations: the same md5 on every machine
 write_timings("timings/label.jsonl", labels)
 statuses = problem_statuses([q for q in problems if q.problem_id in {g.problem_id for g in generations}])

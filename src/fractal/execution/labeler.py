@@ -12,6 +12,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from typing import Callable
 
 from tqdm import tqdm
 
@@ -30,7 +31,8 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
-def label_candidates(problems: list[Problem], generations: list[Generation], params: LabelParams) -> list[Label]:
+def label_candidates(problems: list[Problem], generations: list[Generation], params: LabelParams,
+                     execute: Callable | None = None) -> list[Label]:
     """One Label per generation, in the order of `generations`.
 
     Identical programs of a problem run once; labels already in the cache (same program,
@@ -38,6 +40,7 @@ def label_candidates(problems: list[Problem], generations: list[Generation], par
     again. Candidates of a problem whose tests cannot judge them (`untestable`,
     `no_reference`: see judge.py) are not run: status error, detail "excluded: STATUS";
     problem_statuses() says which problems those are, and which count in pass rates.
+    `execute` runs what the cache lacks, as `_execute` does here (cluster.py: on Ray).
     """
     by_id = {p.problem_id: p for p in problems}
     missing = sorted({g.problem_id for g in generations} - set(by_id))
@@ -47,7 +50,8 @@ def label_candidates(problems: list[Problem], generations: list[Generation], par
     limits = limits_of(params)
     keys = [label_key(by_id[g.problem_id], g.program, limits) for g in generations]
     cache = LabelCache(params.cache_dir, mode_of(params))
-    known = cached_or_run("label", keys, generations, cache, lambda todo: _execute(todo, by_id, params, cache),
+    known = cached_or_run("label", keys, generations, cache,
+                          lambda todo: (execute or _execute)(todo, by_id, params, cache),
                           cache_note=f" ({cache.isolation})")
     plans = plan_problems([by_id[pid] for pid in sorted({g.problem_id for g in generations})])
     _list_odd_problems(plans)

@@ -52,7 +52,7 @@ import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from tqdm import tqdm
 
@@ -175,9 +175,10 @@ class _Job:
 
 
 def probe_candidates(problems: list[Problem], generations: list[Generation], generated_tests: list[dict],
-                     params: ProbeParams, sandbox: LabelParams) -> list[dict]:
+                     params: ProbeParams, sandbox: LabelParams, execute: Callable | None = None) -> list[dict]:
     """One probe record per generation, in the order of `generations` (see the module doc).
-    `sandbox`: the label section, whose limits and isolation the runs share."""
+    `sandbox`: the label section, whose limits and isolation the runs share. `execute` runs
+    what the cache lacks, as `_execute` does here (cluster.py: on Ray)."""
     by_id = {p.problem_id: p for p in problems}
     tests_of = {t["problem_id"]: t for t in generated_tests}
     for g in generations:
@@ -190,7 +191,7 @@ def probe_candidates(problems: list[Problem], generations: list[Generation], gen
             for g in generations]
     cache = ProbeCache(params.cache_dir)
     known = cached_or_run("probe", keys, generations, cache,
-                          lambda todo: _execute(todo, by_id, tests_of, params, sandbox, cache))
+                          lambda todo: (execute or _execute)(todo, by_id, tests_of, params, sandbox, cache))
     out = []
     for key, g in zip(keys, generations):
         status, outputs, passed = known[key]

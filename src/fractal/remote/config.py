@@ -17,6 +17,7 @@ did-you-mean errors as params.yaml, every problem one line naming the file and t
       regions: [us-west-1, us-east-1]                        # preference order; [] = any
       keep_instance: false
     remote: {env: [HF_TOKEN]}
+    ray: {address: 10.0.0.5:6379}   # label and probe on this Ray cluster (docs/ray.md); FRACTAL_RAY_ADDRESS wins
 """
 from __future__ import annotations
 
@@ -94,12 +95,20 @@ class RemoteSettings:
 
 
 @dataclasses.dataclass
+class RaySettings:
+    address: str = ""  # host:port of a running cluster's head (`ray start --head`); empty: label and probe run here
+    batch: int = param(0, min=0)  # distinct programs per Ray task (0: about 8 tasks per cluster CPU, at most 512)
+    inflight: int = param(0, min=0)  # Ray tasks submitted and not yet finished (0: two per cluster CPU)
+
+
+@dataclasses.dataclass
 class ExecutorConfig:
     executor: str = "local"
     stages: dict[str, Any] = dataclasses.field(default_factory=dict)
     ssh: SSHSettings = dataclasses.field(default_factory=SSHSettings)
     lambda_: LambdaSettings = dataclasses.field(default_factory=LambdaSettings)
     remote: RemoteSettings = dataclasses.field(default_factory=RemoteSettings)
+    ray: RaySettings = dataclasses.field(default_factory=RaySettings)
     source: Path | None = None  # the file it came from
 
     def executor_for(self, stage: str) -> str:
@@ -141,7 +150,7 @@ def find_config(start: Path | None = None) -> Path | None:
     return None
 
 
-SECTIONS = {"ssh": SSHSettings, "lambda": LambdaSettings, "remote": RemoteSettings}
+SECTIONS = {"ssh": SSHSettings, "lambda": LambdaSettings, "remote": RemoteSettings, "ray": RaySettings}
 
 
 def load_config(path: Path | None = None, start: Path | None = None) -> ExecutorConfig:
