@@ -1,0 +1,187 @@
+"""Label on a real Ray cluster on loopback: a head and a second node (`ray start`, one CPU
+each, separate processes), started once for the module. `dvc repro label` of the tiny
+profile on the cluster writes the same data/labels.jsonl, byte for byte, as a local run,
+also when the second node's raylet is killed in the middle of the stage."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from fractal.execution.cluster import ClusterError, batches_of, executor_for
+from fractal.records import Generation
+from repo_copy import copy_repo, shrink_default_profile
+
+ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install -e '.[ray]'")
+psutil = pytest.importorskip("psutil", reason="psutil comes with ray; it finds the second node's raylet")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ray_start(temp_dir: str, log: Path, *args: str) -> subprocess.Popen:
+    """One node, in its own process group (`--block`: this process is the node; its
+    group holds every daemon of it, so teardown stops exactly these)."""
+    env = {**os.environ, "RAY_health_check_period_ms": "500", "RAY_health_check_failure_threshold": "4",
+           "RAY_USAGE_STATS_ENABLED": "0"}
+    argv = ["ray", "start", "--block", "--num-cpus", "1", "--node-ip-address", "127.0.0.1", "--temp-dir", temp_dir,
+            "--object-store-memory", "100000000", "--dashboard-agent-listen-port", str(_free_port()),
+            "--disable-usage-stats", *args]
+    return subprocess.Popen(argv, stdout=log.open("ab"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait)
+        except subprocess.TimeoutExpired:
+            continue
+        if not any(True for p in psutil.process_iter(["pid"]) if _group(p) == proc.pid):
+            return
+
+
+def _group(p) -> int | None:
+    try:
+        return os.getpgid(p.pid)
+    except OSError:
+        return None
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    temp_dir = tempfile.mkdtemp(prefix="frray-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
+    log = Path(temp_dir) / "nodes.log"
+    port = _free_port()
+    address = f"127.0.0.1:{port}"
+    head = _ray_start(temp_dir, log, "--head", "--port", str(port), "--include-dashboard=false")
+    nodes = [head]
+    try:
+        wait_for = ("import ray, sys, time; ray.init(address=sys.argv[1], logging_level='ERROR'); t = time.time()\n"
+                    "while sum(n['Alive'] for n in ray.nodes()) < int(sys.argv[2]) and time.time() - t < 90: time.sleep(0.2)\n"
+                    "sys.exit(sum(n['Alive'] for n in ray.nodes()) < int(sys.argv[2]))")
+        subprocess.run([sys.executable, "-c", wait_for, address, "1"], check=True, timeout=120)
+        nodes.append(_ray_start(temp_dir, log, "--address", address))
+        up = subprocess.run([sys.executable, "-c", wait_for, address, "2"], timeout=120)
+        assert up.returncode == 0, f"the second Ray node did not join; {log}:\n{log.read_text()[-3000:]}"
+        yield {"address": address, "second": nodes[1]}
+    finally:
+        for node in reversed(nodes):
+            _stop(node)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """The tiny profile's repository after a local `dvc repro label`, and its labels."""
+    repo = Path(tempfile.mkdtemp(prefix="frray-repo-"))
+    copy_repo(repo)
+    shrink_default_profile(repo)
+    subprocess.run(["git", "add", "-A"], cwd=repo, check=True)
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny"], cwd=repo, check=True)
+    out = _repro(repo, "label")
+    assert "Ray cluster" not in out
+    yield repo, (repo / "data/labels.jsonl").read_bytes()
+    shutil.rmtree(repo, ignore_errors=True)
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "FRACTAL_RAY_ADDRESS"}
+    return {**env, "FRACTAL_EXECUTOR": "local", "FRACTAL_TRACKING": "off", "HF_HUB_OFFLINE": "1", **extra}
+
+
+def _repro(repo: Path, *args: str, **env: str) -> str:
+    run = subprocess.run(["dvc", "repro", *args], cwd=repo, env=_env(**env), capture_output=True, text=True,
+                         timeout=600)
+    assert run.returncode == 0, f"dvc repro {' '.join(args)} failed:\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}"
+    return run.stdout + run.stderr
+
+
+def _relabel_from_scratch(repo: Path, executor_yaml: str) -> list[str]:
+    """Without the label cache, with this (untracked) executor config: the label stage
+    alone, forced (its inputs are those of the local run)."""
+    shutil.rmtree(repo / ".fractal/label-cache", ignore_errors=True)
+    (repo / ".fractal").mkdir(exist_ok=True)
+    (repo / ".fractal/executor.yaml").write_text(executor_yaml)
+    (repo / "data/labels.jsonl").unlink()
+    return ["dvc", "repro", "--single-item", "--force", "label"]
+
+
+@pytest.mark.slow
+def test_label_on_cluster_is_byte_identical_to_local(cluster, tiny):
+    repo, local_labels = tiny
+    _relabel_from_scratch(repo, f"ray:\n  address: {cluster['address']}\n  batch: 8\n")
+    out = _repro(repo, "--single-item", "--force", "label")
+    assert f"on the Ray cluster at {cluster['address']} (2 CPUs on 2 node(s))" in out, out[-3000:]
+    labels = (repo / "data/labels.jsonl").read_bytes()
+    assert labels == local_labels and len(labels.splitlines()) == 120
+
+
+@pytest.mark.slow
+def test_second_node_killed_mid_stage_same_labels(cluster, tiny):
+    """Runs last: the cluster has one node after it."""
+    repo, local_labels = tiny
+    argv = _relabel_from_scratch(repo, "ray:\n  batch: 4\n")
+    second = psutil.Process(cluster["second"].pid)
+    raylet = next(p for p in second.children(recursive=True) if p.name() == "raylet")
+    stage = subprocess.Popen(argv, cwd=repo, env=_env(FRACTAL_RAY_ADDRESS=cluster["address"]),
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        # A sandboxed worker under the second node's raylet: a batch is running there.
+        deadline = time.monotonic() + 300
+        while not any(p.name() == "bwrap" for p in _descendants(raylet)):
+            assert stage.poll() is None and time.monotonic() < deadline, "no batch ever ran on the second node"
+            time.sleep(0.02)
+        raylet.kill()
+        out, _ = stage.communicate(timeout=600)
+    finally:
+        if stage.poll() is None:
+            stage.kill()
+    assert stage.returncode == 0, out[-4000:]
+    assert "was lost" in out and "running it again" in out, out[-4000:]
+    assert (repo / "data/labels.jsonl").read_bytes() == local_labels
+
+
+def _descendants(p) -> list:
+    try:
+        return p.children(recursive=True)
+    except psutil.Error:
+        return []
+
+
+def test_unreachable_cluster_fails_at_once_naming_the_address(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)  # no .fractal/executor.yaml above
+    address = f"127.0.0.1:{_free_port()}"  # nothing listens there
+    monkeypatch.setenv("FRACTAL_RAY_ADDRESS", address)
+    start = time.monotonic()
+    with pytest.raises(ClusterError, match=f"FRACTAL_RAY_ADDRESS: no Ray cluster answers at {address}"):
+        executor_for("label")
+    assert time.monotonic() - start < 10
+    monkeypatch.delenv("FRACTAL_RAY_ADDRESS")
+    assert executor_for("label") is None  # no address: the stage runs here
+
+
+def test_batches_group_problems_and_keep_heavy_imports_apart():
+    def item(pid: str, i: int, program: str = "def f(): pass") -> tuple[str, Generation]:
+        return f"{pid}-{i}", Generation(pid, i, "", program, "replay", "m")
+
+    todo = ([item("a", i) for i in range(3)] + [item("b", 0, "import numpy as np\n")] + [item("b", i) for i in range(1, 6)]
+            + [item("c", i) for i in range(2)] + [item("d", 0, "from torch import nn\n")])
+    batches = [[key for key, _ in b] for b in batches_of(todo, 4, ["numpy", "torch"])]
+    # Heavy first (both in one batch), then a (3) alone since b (5) does not fit beside it;
+    # b split in 4 + 1, its last program joined by c's two.
+    assert batches == [["b-0", "d-0"], ["a-0", "a-1", "a-2"], ["b-1", "b-2", "b-3", "b-4"], ["b-5", "c-0", "c-1"]]
