@@ -99,9 +99,12 @@ def main() -> int:
         here_k = [_label(prob, progs(k), dataclasses.replace(p, workers=1), None)[0] for k in (k1, k2)]
         per_batch = ((ray_k[1] - ray_k[0]) * args.cpus - (here_k[1] - here_k[0])) / (k2 - k1)
     finally:
-        if node is not None:
+        if node is not None:  # the node's whole process group: every daemon `ray start` began
             os.killpg(node.pid, signal.SIGTERM)
-            node.wait(timeout=30)
+            try:
+                node.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(node.pid, signal.SIGKILL)
     local, ray_ = sum(times["local"]) / 2, sum(times["ray"]) / 2
     distinct_programs = len({(g.problem_id, g.program) for g in generations})
     print(f"ray_overhead: {len(generations)} candidates, {distinct_programs} distinct programs, {args.cpus} CPUs")

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -62,27 +63,53 @@ def _group(p) -> int | None:
         return None
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    temp_dir = tempfile.mkdtemp(prefix="frray-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
-    log = Path(temp_dir) / "nodes.log"
-    port = _free_port()
-    address = f"127.0.0.1:{port}"
-    head = _ray_start(temp_dir, log, "--head", "--port", str(port), "--include-dashboard=false")
-    nodes = [head]
-    try:
+class _Cluster:
+    """A head and a second node, started in a thread, so that the local run the tests
+    compare with runs meanwhile; `ready()` waits for both nodes."""
+
+    def __init__(self) -> None:
+        self.temp_dir = tempfile.mkdtemp(prefix="frray-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
+        self.log = Path(self.temp_dir) / "nodes.log"
+        port = _free_port()
+        self.address = f"127.0.0.1:{port}"
+        self.nodes: list[subprocess.Popen] = []
+        self.failed = ""
+        self.thread = threading.Thread(target=self._start, args=(port,), daemon=True)
+        self.thread.start()
+
+    def _start(self, port: int) -> None:
         wait_for = ("import ray, sys, time; ray.init(address=sys.argv[1], logging_level='ERROR'); t = time.time()\n"
                     "while sum(n['Alive'] for n in ray.nodes()) < int(sys.argv[2]) and time.time() - t < 90: time.sleep(0.2)\n"
                     "sys.exit(sum(n['Alive'] for n in ray.nodes()) < int(sys.argv[2]))")
-        subprocess.run([sys.executable, "-c", wait_for, address, "1"], check=True, timeout=120)
-        nodes.append(_ray_start(temp_dir, log, "--address", address))
-        up = subprocess.run([sys.executable, "-c", wait_for, address, "2"], timeout=120)
-        assert up.returncode == 0, f"the second Ray node did not join; {log}:\n{log.read_text()[-3000:]}"
-        yield {"address": address, "second": nodes[1]}
-    finally:
-        for node in reversed(nodes):
+        try:
+            self.nodes.append(_ray_start(self.temp_dir, self.log, "--head", "--port", str(port), "--include-dashboard=false"))
+            for n in (1, 2):
+                if n == 2:
+                    self.nodes.append(_ray_start(self.temp_dir, self.log, "--address", self.address))
+                if subprocess.run([sys.executable, "-c", wait_for, self.address, str(n)], timeout=150).returncode:
+                    self.failed = f"{n} Ray node(s) did not come up"
+                    return
+        except Exception as e:  # said by ready()
+            self.failed = f"{type(e).__name__}: {e}"
+
+    def ready(self) -> "_Cluster":
+        self.thread.join(timeout=300)
+        assert not self.thread.is_alive() and not self.failed, \
+            f"{self.failed or 'the cluster did not start in 300 s'}; {self.log}:\n{self.log.read_text()[-3000:]}"
+        return self
+
+    def stop(self) -> None:
+        self.thread.join(timeout=300)
+        for node in reversed(self.nodes):
             _stop(node)
-        shutil.rmtree(temp_dir, ignore_errors=True)
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    c = _Cluster()
+    yield c
+    c.stop()
 
 
 @pytest.fixture(scope="module")
@@ -124,9 +151,10 @@ def _relabel_from_scratch(repo: Path, executor_yaml: str) -> list[str]:
 @pytest.mark.slow
 def test_label_on_cluster_is_byte_identical_to_local(cluster, tiny):
     repo, local_labels = tiny
-    _relabel_from_scratch(repo, f"ray:\n  address: {cluster['address']}\n  batch: 8\n")
+    address = cluster.ready().address
+    _relabel_from_scratch(repo, f"ray:\n  address: {address}\n  batch: 8\n")
     out = _repro(repo, "--single-item", "--force", "label")
-    assert f"on the Ray cluster at {cluster['address']} (2 CPUs on 2 node(s))" in out, out[-3000:]
+    assert f"on the Ray cluster at {address} (2 CPUs on 2 node(s))" in out, out[-3000:]
     labels = (repo / "data/labels.jsonl").read_bytes()
     assert labels == local_labels and len(labels.splitlines()) == 120
 
@@ -136,9 +164,9 @@ def test_second_node_killed_mid_stage_same_labels(cluster, tiny):
     """Runs last: the cluster has one node after it."""
     repo, local_labels = tiny
     argv = _relabel_from_scratch(repo, "ray:\n  batch: 4\n")
-    second = psutil.Process(cluster["second"].pid)
+    second = psutil.Process(cluster.ready().nodes[1].pid)
     raylet = next(p for p in second.children(recursive=True) if p.name() == "raylet")
-    stage = subprocess.Popen(argv, cwd=repo, env=_env(FRACTAL_RAY_ADDRESS=cluster["address"]),
+    stage = subprocess.Popen(argv, cwd=repo, env=_env(FRACTAL_RAY_ADDRESS=cluster.address),
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         # A sandboxed worker under the second node's raylet: a batch is running there.
@@ -181,7 +209,8 @@ def test_batches_group_problems_and_keep_heavy_imports_apart():
 
     todo = ([item("a", i) for i in range(3)] + [item("b", 0, "import numpy as np\n")] + [item("b", i) for i in range(1, 6)]
             + [item("c", i) for i in range(2)] + [item("d", 0, "from torch import nn\n")])
-    batches = [[key for key, _ in b] for b in batches_of(todo, 4, ["numpy", "torch"])]
+    batches = [(heavy, [key for key, _ in b]) for heavy, b in batches_of(todo, 4, ["numpy", "torch"])]
     # Heavy first (both in one batch), then a (3) alone since b (5) does not fit beside it;
     # b split in 4 + 1, its last program joined by c's two.
-    assert batches == [["b-0", "d-0"], ["a-0", "a-1", "a-2"], ["b-1", "b-2", "b-3", "b-4"], ["b-5", "c-0", "c-1"]]
+    assert batches == [(True, ["b-0", "d-0"]), (False, ["a-0", "a-1", "a-2"]), (False, ["b-1", "b-2", "b-3", "b-4"]),
+                       (False, ["b-5", "c-0", "c-1"])]

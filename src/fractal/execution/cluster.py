@@ -185,11 +185,11 @@ def by_id_of(batch: list[tuple[str, Generation]], table: dict[str, Any]) -> dict
 # The driver
 # ---------------------------------------------------------------------------------------
 def batches_of(todo: list[tuple[str, Generation]], size: int,
-               preload_heavy: list[str]) -> list[list[tuple[str, Generation]]]:
-    """Consecutive problems' programs together, up to `size` per batch (a problem with more
-    is split). Programs that import a heavy package (label.preload_heavy) go in batches of
-    their own, first: a batch that holds one starts a worker that imports torch and the
-    rest (seconds), which few batches should pay, and early, while light batches run."""
+               preload_heavy: list[str]) -> list[tuple[bool, list[tuple[str, Generation]]]]:
+    """(heavy, batch): consecutive problems' programs together, up to `size` per batch (a
+    problem with more is split). Programs that import a heavy package (label.preload_heavy)
+    go in batches of their own, first: a batch that holds one starts a worker that imports
+    torch and the rest (seconds), which few batches should pay, and early."""
     from fractal.execution.labeler import _imports
 
     tops = {m.split(".")[0] for m in preload_heavy}
@@ -198,18 +198,18 @@ def batches_of(todo: list[tuple[str, Generation]], size: int,
     for item in todo:
         is_heavy = any(n.split(".")[0] in tops for n in _imports(item[1].program))
         (heavy if is_heavy else light).setdefault(item[1].problem_id, []).append(item)
-    batches: list[list[tuple[str, Generation]]] = []
-    for by_problem in (heavy, light):
+    batches: list[tuple[bool, list[tuple[str, Generation]]]] = []
+    for is_heavy, by_problem in ((True, heavy), (False, light)):
         current: list[tuple[str, Generation]] = []
         for items in by_problem.values():
             for i in range(0, len(items), size):
                 chunk = items[i : i + size]
                 if current and len(current) + len(chunk) > size:
-                    batches.append(current)
+                    batches.append((is_heavy, current))
                     current = []
                 current += chunk
         if current:
-            batches.append(current)
+            batches.append((is_heavy, current))
     return batches
 
 
@@ -236,8 +236,14 @@ def _run(stage: str, todo: list[tuple[str, Generation]], args_of: Callable[[list
         size = settings.batch or max(1, min(_MAX_BATCH, math.ceil(len(todo) / (_BATCHES_PER_CPU * cpus))))
         limit = settings.inflight or 2 * cpus
         batches = batches_of(todo, size, preload_heavy)
-        remote = ray.remote(num_cpus=1, max_retries=0)(node_fn)  # reruns are ours: counted, and said
-        queue = list(range(len(batches)))[::-1]
+        # Reruns are ours (max_retries=0): counted, and said. A heavy batch takes no CPU of
+        # Ray's count, at most one per node at a time (SPREAD): as a local run starts its
+        # heavy workers on top of one light worker per core, so that their imports overlap
+        # light work instead of holding a core.
+        remotes = {False: ray.remote(num_cpus=1, max_retries=0)(node_fn),
+                   True: ray.remote(num_cpus=0, max_retries=0, scheduling_strategy="SPREAD")(node_fn)}
+        queues: dict[bool, list[int]] = {h: [b for b in range(len(batches))[::-1] if batches[b][0] == h]
+                                         for h in (False, True)}
         pending: dict[Any, int] = {}
         reruns = [0] * len(batches)
         out: dict[str, tuple] = {}
@@ -248,9 +254,10 @@ def _run(stage: str, todo: list[tuple[str, Generation]], args_of: Callable[[list
               file=sys.stderr)
         with tqdm(total=len(todo), desc=f"{stage} (ray)", unit="program", smoothing=0.05) as bar:
             def submit() -> None:
-                while queue and len(pending) < limit:
-                    b = queue.pop()
-                    pending[remote.remote(batches[b], *args_of(batches[b]))] = b
+                for heavy, most in ((True, max(1, nodes)), (False, limit)):
+                    while queues[heavy] and sum(batches[b][0] == heavy for b in pending.values()) < most:
+                        b = queues[heavy].pop()
+                        pending[remotes[heavy].remote(batches[b][1], *args_of(batches[b][1]))] = b
 
             submit()
             meanwhile()
@@ -272,14 +279,14 @@ def _run(stage: str, todo: list[tuple[str, Generation]], args_of: Callable[[list
                             raise ClusterError(f"{stage} on the Ray cluster at {settings.address}: a batch was lost "
                                                f"{reruns[b]} times ({type(e).__name__}); is the cluster healthy? "
                                                "(`ray status`)") from None
-                        print(f"{stage}: a batch of {len(batches[b])} programs was lost ({type(e).__name__}); "
+                        print(f"{stage}: a batch of {len(batches[b][1])} programs was lost ({type(e).__name__}); "
                               "running it again", file=sys.stderr)
-                        queue.append(b)
+                        queues[batches[b][0]].append(b)
                         continue
                     for key, record in records.items():
                         out[key] = record
                         cache.put(key, *record)
-                    bar.update(len(batches[b]))
+                    bar.update(len(batches[b][1]))
                 cache.flush_if_due()
                 if time.monotonic() - checked > 5.0:
                     checked = time.monotonic()
