@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import logging
 import math
 import os
@@ -130,10 +131,17 @@ def _node_dir(stage: str) -> str:
     return str(path)
 
 
-def _label_batch(todo: list[tuple[str, Generation]], by_id: dict[str, Problem], params: LabelParams,
-                 hidden: list[str]) -> dict[str, tuple[str, str, float]]:
+def _label_batch(todo: list[tuple[str, Generation]], by_id: dict[str, Problem], reference_seconds: dict[str, float],
+                 params: LabelParams, hidden: list[str]) -> dict[str, tuple[str, str, float]]:
     from fractal.execution import labeler
 
+    # The node records the tests itself (the plans hold code objects), but with the
+    # driver's timing of each reference: the time limits, and the timeouts' details,
+    # derive from it, so the labels are those the driver would give, whatever the node's load.
+    for pid, problem in by_id.items():
+        plan = labeler.plan_problems([problem])[pid]
+        memo = json.dumps(dataclasses.asdict(problem), sort_keys=True)  # plan_problems' memo key
+        labeler._plans[memo] = dataclasses.replace(plan, reference_seconds=reference_seconds[pid])
     params = dataclasses.replace(params, workers=1, cache_dir=_node_dir("label"),
                                  hide_paths=[*params.hide_paths, *hidden])
     return labeler._execute(todo, by_id, params, _NodeCache())
@@ -159,12 +167,10 @@ def _label_on_ray(todo: list[tuple[str, Generation]], by_id: dict[str, Problem],
     from fractal.execution.labeler import plan_problems
 
     hidden = _driver_paths(params.cache_dir)
-    problems = sorted({g.problem_id for _, g in todo})
-    return _run("label", todo, lambda batch: (by_id_of(batch, by_id), params, hidden), _label_batch,
-                params.preload_heavy, cache,
-                settings, where,
-                # The driver records the tests while the nodes work (label_candidates needs them after).
-                meanwhile=lambda: plan_problems([by_id[pid] for pid in problems]))
+    plans = plan_problems([by_id[pid] for pid in sorted({g.problem_id for _, g in todo})])
+    seconds = {pid: plan.reference_seconds for pid, plan in plans.items()}
+    return _run("label", todo, lambda batch: (by_id_of(batch, by_id), by_id_of(batch, seconds), params, hidden),
+                _label_batch, params.preload_heavy, cache, settings, where)
 
 
 def _probe_on_ray(todo: list[tuple[str, Generation]], by_id: dict[str, Problem], tests_of: dict[str, dict],
@@ -229,17 +235,19 @@ def _connect(settings: RaySettings, where: str):
 
 
 def _run(stage: str, todo: list[tuple[str, Generation]], args_of: Callable[[list], tuple], node_fn: Callable,
-         preload_heavy: list[str], cache, settings: RaySettings, where: str, meanwhile: Callable[[], Any] = lambda: None) -> dict[str, tuple]:
+         preload_heavy: list[str], cache, settings: RaySettings, where: str) -> dict[str, tuple]:
     ray = _connect(settings, where)
     try:
         cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
         size = settings.batch or max(1, min(_MAX_BATCH, math.ceil(len(todo) / (_BATCHES_PER_CPU * cpus))))
         limit = settings.inflight or 2 * cpus
         batches = batches_of(todo, size, preload_heavy)
+        n_heavy = sum(len(batch) for heavy, batch in batches if heavy)
         # Reruns are ours (max_retries=0): counted, and said. A heavy batch takes no CPU of
-        # Ray's count, at most one per node at a time (SPREAD): as a local run starts its
-        # heavy workers on top of one light worker per core, so that their imports overlap
-        # light work instead of holding a core.
+        # Ray's count, spread over the nodes, as many at a time as the heavy share of the
+        # programs of the cluster's CPUs (at least one per node): as a local run starts its
+        # heavy workers (labeler._groups) on top of one light worker per core, so that their
+        # imports overlap light work instead of holding a core.
         remotes = {False: ray.remote(num_cpus=1, max_retries=0)(node_fn),
                    True: ray.remote(num_cpus=0, max_retries=0, scheduling_strategy="SPREAD")(node_fn)}
         queues: dict[bool, list[int]] = {h: [b for b in range(len(batches))[::-1] if batches[b][0] == h]
@@ -254,13 +262,12 @@ def _run(stage: str, todo: list[tuple[str, Generation]], args_of: Callable[[list
               file=sys.stderr)
         with tqdm(total=len(todo), desc=f"{stage} (ray)", unit="program", smoothing=0.05) as bar:
             def submit() -> None:
-                for heavy, most in ((True, max(1, nodes)), (False, limit)):
+                for heavy, most in ((True, max(1, nodes, math.ceil(cpus * n_heavy / len(todo)))), (False, limit)):
                     while queues[heavy] and sum(batches[b][0] == heavy for b in pending.values()) < most:
                         b = queues[heavy].pop()
                         pending[remotes[heavy].remote(batches[b][1], *args_of(batches[b][1]))] = b
 
             submit()
-            meanwhile()
             checked = time.monotonic()
             while pending:
                 ready, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
