@@ -13,9 +13,12 @@ programs and looks them up in the cache (labeler.py, probe.py). What the cache l
 into batches of distinct programs, whole problems together where they fit (a worker then
 receives a problem's test inputs once, and the judge's memo of identical outputs works
 inside the batch), and each batch is one Ray task of one CPU. The task runs the stage's own
-local `_execute` on its node, with one of fractal's sandboxed warm workers (two when the
-batch imports a heavy package: labeler._groups), in bubblewrap: a node without it refuses,
-as a local run does, and the stage fails with that node's one-line error. The task returns
+local `_execute` on its node, with one of fractal's sandboxed warm workers, in bubblewrap: a
+node without it refuses, as a local run does, and the stage fails with that node's one-line
+error. Batches of programs that import a heavy package (torch...) take no CPU of Ray's count,
+as the local pool starts its heavy workers on top of one light worker per core. A label's
+time limit derives from the reference's measured runtime: the driver times each reference
+once and every node uses that timing, so no node's load changes a label. The task returns
 its records; the driver puts them in its cache as each batch finishes, and the stage
 writes its outputs exactly as locally. At most `ray.inflight` tasks are outstanding
 (backpressure: the driver and the object store hold only that many batches), and one
