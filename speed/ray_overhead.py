@@ -3,7 +3,7 @@ time of each (cold: a fresh cache each), their ratio, the md5 of each run's
 data/labels.jsonl, the per-core rate and Ray's cost per batch.
 
     dvc repro generate                   # data/problems.jsonl, data/generations.jsonl
-    python benchmarks/ray_overhead.py    # starts (and stops) its own one-node cluster, one CPU per core
+    python speed/ray_overhead.py    # starts (and stops) its own one-node cluster, one CPU per core
 
 It alternates local, Ray, Ray, local, so a change in the machine's load during the run
 weighs on both sides alike, and prints the load average before and after. The per-batch
