@@ -54,3 +54,20 @@ def test_labelling_twice_gives_the_same_md5_and_the_timings_apart(tmp_path):
     assert all(t["duration"] > 0 for t in timings if t["sample"] != 3)  # a syntax error never runs
     metrics = json.loads((first / "metrics/label.json").read_text())
     assert metrics["all"]["statuses"] == {"failed": 1, "passed": 2, "runtime_error": 1, "syntax_error": 1}
+
+
+def test_a_timeout_detail_names_a_derived_limit_by_its_rule_not_its_measured_seconds():
+    # A limit from the reference's runtime (factor x measured seconds) differs between machines and
+    # loads; params' own limits are the same everywhere, so they keep their seconds.
+    from fractal.execution.labeler import stable_detail
+    from fractal.params import LabelParams
+
+    p = LabelParams(timeout_factor=10.0, timeout_cpu_floor=0.5, timeout_calls_cpu_floor=0.2, timeout_floor=5.0,
+                    timeout_cap=10.0)
+    assert stable_detail(("timeout", "CPU limit 0.229s in the test calls"), p) == \
+        stable_detail(("timeout", "CPU limit 0.386s in the test calls"), p) == \
+        ("timeout", "CPU limit 10x the reference's runtime in the test calls")
+    assert stable_detail(("timeout", "limit 7.3s"), p) == ("timeout", "limit 10x the reference's runtime")
+    for fixed in ("CPU limit 0.2s in the test calls", "CPU limit 0.5s", "limit 5s", "limit 10s"):
+        assert stable_detail(("timeout", fixed), p) == ("timeout", fixed)
+    assert stable_detail(("failed", "assertion"), p) == ("failed", "assertion")

@@ -24,6 +24,25 @@ from fractal.params import LabelParams
 from fractal.records import Generation, Label, Problem
 
 
+
+_LIMIT = re.compile(r"^((?:CPU )?limit )([0-9.e+-]+)s(.*)$")
+
+
+def stable_detail(verdict: tuple[str, str], params: LabelParams) -> tuple[str, str]:
+    """A timeout's detail names its limit. A limit set by params (a floor, the cap) keeps its
+    seconds; one derived from the reference's measured runtime is named by its rule, since
+    the measured runtime changes with the machine and its load, and a detail that carried it
+    would make data/labels.jsonl differ between machines for the same inputs and params."""
+    status, detail = verdict
+    m = _LIMIT.match(detail) if status == "timeout" else None
+    if m is None:
+        return verdict
+    fixed = {round(x, 3) for x in (params.timeout_floor, params.timeout_cpu_floor, params.timeout_calls_cpu_floor,
+                                   params.timeout_cap)}
+    if float(m.group(2)) in fixed:
+        return verdict
+    return status, f"{m.group(1)}{params.timeout_factor:g}x the reference's runtime{m.group(3)}"
+
 def _cores() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -158,7 +177,7 @@ def _execute(todo: list[tuple[str, Generation]], by_id: dict[str, Problem], para
                         json.dumps({k: v for k, v in header.items() if k not in ("id", "duration")}, sort_keys=True))
                 verdict = verdicts.get(memo)
                 if verdict is None:
-                    verdict = judge(plan, header, payload, task["time_limit"])
+                    verdict = stable_detail(judge(plan, header, payload, task["time_limit"]), params)
                     verdicts[memo] = verdict
                 status, detail = verdict
                 duration = float(header.get("duration", 0.0))
