@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     problems = [p for p in load_mbpp("local", str(REPO / "data/raw")) if p.split in ("train", "validation")]
     problems = problems[: args.problems]
     with tempfile.TemporaryDirectory(prefix="fractal-vllm-bench-") as tmp:
-        engine_args, sampling_args = {}, {}
+        engine_args, sampling_args, per_request = {}, {}, None
         model = args.model
         if model == "random":
             model = str(random_model_dir(Path(tmp) / "qwen2.5-coder-1.5b-random"))
@@ -130,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
             problems, lengths = _recorded_lengths(problems, args.lengths, args.n)
             args.n = 1  # one request a sample, each of its own length (the prompt's KV cache is shared)
             sampling_args.update(ignore_eos=True)
+            per_request = [dict(min_tokens=t, max_tokens=t) for t in lengths]
         elif not args.natural:
             sampling_args.update(ignore_eos=True, min_tokens=args.output_tokens)
         params = GenerateParams(
@@ -138,9 +139,7 @@ def main(argv: list[str] | None = None) -> int:
             gpu_memory_utilization=args.gpu_memory_utilization, max_model_len=args.max_model_len,
             seed_mode=args.seed_mode, max_num_seqs=args.max_num_seqs,
         )
-        backend = VLLMBackend(engine_args=engine_args, sampling_args=sampling_args)
-        if args.lengths:
-            backend.per_request_sampling = [dict(min_tokens=t, max_tokens=t) for t in lengths]
+        backend = VLLMBackend(engine_args=engine_args, sampling_args=sampling_args, per_request_sampling=per_request)
         prompt_tokens = _prompt_tokens(problems, model)
         t0 = time.perf_counter()
         records = list(backend.generate(problems, params))

@@ -36,14 +36,16 @@ from fractal.records import Generation, Problem
 class VLLMBackend:
     name = "vllm"
 
-    def __init__(self, engine_args: dict[str, Any] | None = None, sampling_args: dict[str, Any] | None = None):
+    def __init__(self, engine_args: dict[str, Any] | None = None, sampling_args: dict[str, Any] | None = None,
+                 per_request_sampling: list[dict[str, Any]] | None = None):
         """`engine_args` and `sampling_args` go to vllm.LLM and vllm.SamplingParams on top of
-        what params.yaml sets; the throughput benchmark uses them (random weights, a fixed
-        output length). The pipeline's stage passes none."""
+        what params.yaml sets, and `per_request_sampling` (one dict per problem) on top of
+        those; the throughput benchmark uses them (random weights, fixed or recorded output
+        lengths). The pipeline's stage passes none."""
         self.engine_args = dict(engine_args or {})
         self.sampling_args = dict(sampling_args or {})
+        self.per_request_sampling = per_request_sampling
         self.timings: dict[str, float] = {}  # of the last run: engine start and sampling, in seconds
-        self.per_request_sampling: list[dict[str, Any]] | None = None  # the benchmark's recorded lengths
 
     def generate(self, problems: list[Problem], params: GenerateParams) -> Iterator[Generation]:
         require_valid(params)
