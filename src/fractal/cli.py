@@ -44,7 +44,7 @@ def _run(args: argparse.Namespace) -> int:
             if errors:
                 raise params.ParamsError(errors)
         from fractal.dispatch import run_stage  # local, ssh or lambda: .fractal/executor.yaml, FRACTAL_EXECUTOR
-        from fractal.tracking import tracked  # MLflow (seconds to import): checks the store answers, then runs the stage
+        from fractal.tracking import tracked  # imports MLflow only when tracking, in a thread while the stage runs
 
         return tracked(args.stage, lambda: run_stage(args.stage, args.args), executor)
     except UserError as e:
