@@ -162,7 +162,153 @@ def test_vllm_missing_says_how_to_install(model_dir, problems, monkeypatch):
         list(get_backend("vllm").generate(problems[:1], params))
 
 
+def test_vllm_tensor_parallel_size_reaches_the_engine(model_dir, problems, monkeypatch):
+    fake = _FakeVLLM()
+    monkeypatch.setitem(sys.modules, "vllm", fake)
+    params = GenerateParams(backend="vllm", model=str(model_dir), n=2, prompt_style="chat", stop=[],
+                            tensor_parallel_size=4)
+    list(get_backend("vllm").generate(problems, params))
+    assert fake.engine_args["tensor_parallel_size"] == 4
+    list(get_backend("vllm").generate(problems, dataclasses.replace(params, tensor_parallel_size=1)))
+    assert "tensor_parallel_size" not in fake.engine_args  # vLLM's default: one GPU
+
+
+class _FakeRayDataLLM:
+    """ray.data (from_items) and ray.data.llm (vLLMEngineProcessorConfig, build_processor) as
+    documented: the processor answers every row with ANSWER, tokens [5, 6, 7] at -0.5 each
+    (token ids as strings, as they may come back through Arrow), rows in reverse order."""
+
+    def __init__(self) -> None:
+        self.config: dict[str, Any] = {}
+        self.rows: list[dict[str, Any]] = []
+        fake = self
+        self.data = types.ModuleType("ray.data")
+        self.llm = types.ModuleType("ray.data.llm")
+        self.data.llm = self.llm
+        self.data.from_items = lambda rows: list(rows)
+
+        def config(**kw: Any) -> dict[str, Any]:
+            fake.config = kw
+            return kw
+
+        class Done:
+            def __init__(self, rows: list[dict[str, Any]]) -> None:
+                self.rows = rows
+
+            def take_all(self) -> list[dict[str, Any]]:
+                return self.rows
+
+        def build_processor(cfg: dict[str, Any]):
+            def run(ds: list[dict[str, Any]]) -> Done:
+                fake.rows = ds
+                return Done([{**row, "generated_text": ANSWER, "generated_tokens": [5, 6, 7],
+                              "logprobs": [{str(t): {"logprob": -0.5}} for t in (5, 6, 7)]} for row in reversed(ds)])
+            return run
+
+        self.llm.vLLMEngineProcessorConfig = config
+        self.llm.build_processor = build_processor
+
+
+def test_vllm_data_parallel_runs_ray_data_llm_replicas_with_the_same_records(model_dir, problems, monkeypatch,
+                                                                             tmp_path):
+    from transformers import AutoTokenizer
+
+    monkeypatch.chdir(tmp_path)  # no .fractal/executor.yaml: no cluster named, Ray Data starts Ray here
+    monkeypatch.delenv("FRACTAL_RAY_ADDRESS", raising=False)
+    fake, ray_data = _FakeVLLM(), _FakeRayDataLLM()
+    monkeypatch.setitem(sys.modules, "vllm", fake)
+    monkeypatch.setitem(sys.modules, "ray.data", ray_data.data)
+    monkeypatch.setitem(sys.modules, "ray.data.llm", ray_data.llm)
+    params = GenerateParams(backend="vllm", model=str(model_dir), n=3, prompt_style="chat", stop=["\n```\n"],
+                            temperature=0.8, top_p=0.9, max_tokens=64, seed=3, max_model_len=512,
+                            tensor_parallel_size=2, data_parallel_size=4)
+    gens = list(get_backend("vllm").generate(problems, params))
+
+    assert fake.engine_args == {}  # no engine in this process: the replicas are Ray Data's
+    cfg = ray_data.config
+    assert cfg["model_source"] == str(model_dir) and cfg["concurrency"] == 4 and cfg["batch_size"] % 3 == 0
+    assert cfg["engine_kwargs"]["tensor_parallel_size"] == 2 and cfg["engine_kwargs"]["max_model_len"] == 512
+    assert "model" not in cfg["engine_kwargs"]
+    assert (cfg["chat_template_stage"], cfg["tokenize_stage"], cfg["detokenize_stage"]) == (False, False, False)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    want_ids = [encode_prompt(tok, render_prompt(p, "chat", tok), "chat") for p in problems]
+    rows = ray_data.rows
+    assert [(r["problem"], r["sample"]) for r in rows] == [(i, j) for i in range(len(problems)) for j in range(3)]
+    assert [r["tokenized_prompt"] for r in rows] == [want_ids[r["problem"]] for r in rows]
+    sp = [r["sampling_params"] for r in rows]
+    assert all((s["n"], s["temperature"], s["top_p"], s["max_tokens"], s["stop"], s["logprobs"])
+               == (1, 0.8, 0.9, 64, ["\n```\n"], 0) for s in sp)
+    assert [s["seed"] for s in sp] == [problem_seed(3, f"{problems[r['problem']].problem_id}#{r['sample']}")
+                                       for r in rows]
+    assert len({s["seed"] for s in sp}) == len(sp)  # every sample its own stream
+
+    # The records of one engine's run: problems in order, samples 0..n-1, the same fields.
+    assert [(g.problem_id, g.sample) for g in gens] == [(p.problem_id, i) for p in problems for i in range(3)]
+    assert all(g.program == "def f(x):\n    return x\n" and g.completion == ANSWER for g in gens)
+    assert all(g.backend == "vllm" and g.n_tokens == 3 and g.logprob == pytest.approx(-1.5) for g in gens)
+
+
+def test_vllm_data_parallel_engine_seed_mode_leaves_rows_unseeded(model_dir, problems, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("FRACTAL_RAY_ADDRESS", raising=False)
+    ray_data = _FakeRayDataLLM()
+    monkeypatch.setitem(sys.modules, "vllm", _FakeVLLM())
+    monkeypatch.setitem(sys.modules, "ray.data", ray_data.data)
+    monkeypatch.setitem(sys.modules, "ray.data.llm", ray_data.llm)
+    params = GenerateParams(backend="vllm", model=str(model_dir), n=2, prompt_style="chat", stop=[], seed=7,
+                            seed_mode="engine", data_parallel_size=2)
+    list(get_backend("vllm").generate(problems[:1], params))
+    assert [r["sampling_params"]["seed"] for r in ray_data.rows] == [None, None]
+    assert ray_data.config["engine_kwargs"]["seed"] == 7
+
+
+def test_vllm_data_parallel_without_ray_data_says_what_to_install(model_dir, problems, monkeypatch):
+    monkeypatch.setitem(sys.modules, "vllm", _FakeVLLM())
+    monkeypatch.setitem(sys.modules, "ray.data", None)  # import ray.data raises ImportError
+    params = GenerateParams(backend="vllm", model=str(model_dir), n=1, prompt_style="chat", stop=[],
+                            data_parallel_size=2)
+    with pytest.raises(ParamsError, match=r"generate.data_parallel_size.*ray\[data,llm\]"):
+        list(get_backend("vllm").generate(problems[:1], params))
+
+
 # ---- the real engine, where there is a GPU --------------------------------------------------
+
+
+def _gpus_reason(count: int) -> str | None:
+    reason = _gpu_reason()
+    if reason:
+        return f"needs CUDA GPUs ({count}) and vllm: {reason}"
+    import torch
+
+    found = torch.cuda.device_count()
+    return None if found >= count else f"needs CUDA GPUs: {count} (found {found})"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(_gpus_reason(2) is not None, reason=str(_gpus_reason(2)))
+def test_vllm_tensor_parallel_on_two_gpus_gives_one_gpus_greedy_programs(model_dir, problems):
+    common = dict(backend="vllm", model=str(model_dir), n=1, prompt_style="chat", stop=[], max_tokens=64,
+                  temperature=0.0, dtype="float32", gpu_memory_utilization=0.3, max_model_len=1024)
+    one = list(get_backend("vllm").generate(problems, GenerateParams(**common)))
+    two = list(get_backend("vllm").generate(problems, GenerateParams(**common, tensor_parallel_size=2)))
+    assert [g.program for g in one] == [g.program for g in two]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(_gpus_reason(2) is not None or importlib.util.find_spec("ray") is None,
+                    reason=str(_gpus_reason(2) or "needs ray[data,llm]"))
+def test_vllm_data_parallel_on_two_gpus_through_ray_data_llm(model_dir, problems, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("FRACTAL_RAY_ADDRESS", raising=False)
+    params = GenerateParams(backend="vllm", model=str(model_dir), n=4, prompt_style="chat", stop=[], max_tokens=64,
+                            temperature=1.0, top_p=1.0, dtype="bfloat16", gpu_memory_utilization=0.3,
+                            max_model_len=1024, data_parallel_size=2)
+    first = list(get_backend("vllm").generate(problems, params))
+    again = list(get_backend("vllm").generate(problems[1:2], params))
+    assert [(g.problem_id, g.sample) for g in first] == [(p.problem_id, i) for p in problems for i in range(4)]
+    assert all(g.n_tokens and g.logprob is not None for g in first)
+    # seeded per sample: a problem's samples do not depend on the others or on the replicas
+    assert [g.completion for g in first if g.problem_id == problems[1].problem_id] == [g.completion for g in again]
 
 @pytest.mark.gpu
 @pytest.mark.skipif(_gpu_reason() is not None, reason=str(_gpu_reason()))

@@ -1,13 +1,19 @@
 """Label on a real Ray cluster on loopback: a head and a second node (`ray start`, one CPU
 each, separate processes), started once for the module. `dvc repro label` of the tiny
 profile on the cluster writes the same data/labels.jsonl, byte for byte, as a local run,
-also when the second node's raylet is killed in the middle of the stage."""
+also when the second node's raylet is killed in the middle of the stage, and when the driver
+is killed and the stage rerun (which takes the finished batches from the label cache). A
+cluster of its own, whose one node is killed under the driver, checks that the stage then
+fails at once naming the address."""
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -159,6 +165,58 @@ def test_label_on_cluster_is_byte_identical_to_local(cluster, tiny):
     assert labels == local_labels and len(labels.splitlines()) == 120
 
 
+def _cached_rows(repo: Path) -> int:
+    """Rows the label cache has committed (0 before the stage made it)."""
+    path = repo / ".fractal/label-cache/labels.sqlite"
+    if not path.exists():
+        return 0
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5) as db:
+            return db.execute("SELECT count(*) FROM labels").fetchone()[0]
+    except sqlite3.OperationalError:  # the table is not made yet
+        return 0
+
+
+def _in_the_cache(out: str) -> tuple[int, int]:
+    """(in the cache, to run) from the stage's line
+    `label: N candidates, D distinct programs, K in the cache, M to run`."""
+    found = re.search(r"label: \d+ candidates, (\d+) distinct programs, (\d+) in the cache.*?, (\d+) to run", out)
+    assert found, out[-3000:]
+    distinct, known, todo = map(int, found.groups())
+    assert known + todo == distinct
+    return known, todo
+
+
+@pytest.mark.slow
+def test_driver_killed_then_rerun_resumes_from_the_cache(cluster, tiny):
+    """The driver (`fractal run label`, with every process of its session) SIGKILLed once some
+    batches are in the label cache: the rerun runs only the rest and writes the local run's labels."""
+    repo, local_labels = tiny
+    address = cluster.ready().address
+    _relabel_from_scratch(repo, f"ray:\n  address: {address}\n  batch: 2\n")
+    stage = subprocess.Popen(["fractal", "run", "label"], cwd=repo, env=_env(), stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while _cached_rows(repo) < 4:
+            assert stage.poll() is None, f"the stage ended before 4 labels were cached:\n{stage.stdout.read()[-3000:]}"
+            assert time.monotonic() < deadline, "no 4 labels cached in 300 s"
+            time.sleep(0.05)
+        os.killpg(stage.pid, signal.SIGKILL)
+        first, _ = stage.communicate(timeout=60)
+    finally:
+        if stage.poll() is None:
+            os.killpg(stage.pid, signal.SIGKILL)
+    assert "on the Ray cluster at" in first, first[-3000:]
+    cached = _cached_rows(repo)
+    assert 4 <= cached < 111, cached  # 111 distinct programs in the tiny profile
+    assert not (repo / "data/labels.jsonl").exists()
+    out = _repro(repo, "--single-item", "--force", "label")
+    known, todo = _in_the_cache(out)
+    assert known == cached and todo == 111 - cached and f"{todo} programs in" in out, out[-3000:]
+    assert (repo / "data/labels.jsonl").read_bytes() == local_labels
+
+
 @pytest.mark.slow
 def test_second_node_killed_mid_stage_same_labels(cluster, tiny):
     """Runs last: the cluster has one node after it."""
@@ -182,6 +240,56 @@ def test_second_node_killed_mid_stage_same_labels(cluster, tiny):
     assert stage.returncode == 0, out[-4000:]
     assert "was lost" in out and "running it again" in out, out[-4000:]
     assert (repo / "data/labels.jsonl").read_bytes() == local_labels
+
+
+@pytest.mark.slow
+def test_driver_node_killed_fails_at_once_naming_the_address(tiny):
+    """A one-node cluster of its own (`ray start` without --block, so its GCS outlives the
+    raylet, as on a head where only the raylet dies): its raylet SIGKILLed while the stage
+    runs batches there. Every batch would fail the same way; the stage stops at once, with
+    one line naming the address."""
+    repo, _ = tiny
+    temp_dir = tempfile.mkdtemp(prefix="frray1-", dir="/tmp")
+    port = _free_port()
+    address = f"127.0.0.1:{port}"
+    log = Path(temp_dir) / "node.log"
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    head = subprocess.Popen(["ray", "start", "--head", "--port", str(port), "--num-cpus", "1", "--node-ip-address",
+                             "127.0.0.1", "--temp-dir", temp_dir, "--include-dashboard=false", "--disable-usage-stats",
+                             "--object-store-memory", "100000000", "--dashboard-agent-listen-port", str(_free_port())],
+                            stdout=log.open("ab"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    stage = None
+    try:
+        assert head.wait(timeout=300) == 0, log.read_text()[-3000:]
+        # The node's daemons stay in the process group `ray start` made (its id: head.pid).
+        raylet = next(p for p in psutil.process_iter(["name"]) if p.info["name"] == "raylet" and _group(p) == head.pid)
+        argv = _relabel_from_scratch(repo, f"ray:\n  address: {address}\n  batch: 2\n")
+        stage = subprocess.Popen(argv, cwd=repo, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                 text=True)
+        deadline = time.monotonic() + 300
+        while not any(p.name() == "bwrap" for p in _descendants(raylet)):
+            assert stage.poll() is None and time.monotonic() < deadline, "no batch ever ran on the node"
+            time.sleep(0.02)
+        raylet.kill()
+        killed = time.monotonic()
+        out, _ = stage.communicate(timeout=300)
+        took = time.monotonic() - killed
+    finally:
+        if stage is not None and stage.poll() is None:
+            stage.kill()
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(head.pid, sig)
+                time.sleep(3)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+    assert stage.returncode != 0
+    assert f"label on the Ray cluster at {address}: the Ray node this process joined (its raylet) died" in out, \
+        out[-3000:]
+    # A batch that was running there may first come back as lost with its node (NodeDiedError)
+    # and be submitted once more; none is rerun again and again (it was up to 5 times each).
+    inflight = int(re.search(r"up to (\d+) batches in flight", out).group(1))
+    assert out.count("running it again") <= inflight + 1 and "is the cluster healthy" not in out, out[-3000:]
+    assert took < 60, f"the stage took {took:.0f} s to stop after its node died"
 
 
 def _descendants(p) -> list:

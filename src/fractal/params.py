@@ -265,6 +265,10 @@ class GenerateParams:
     seed_mode: str = param("request", choices=("request", "engine"))
     max_num_seqs: int = param(0, min=0)  # vllm: sequences scheduled at once (0: vLLM's default)
     prefix_caching: bool = True  # vllm: share the KV cache of a common prompt prefix (the n samples of a problem)
+    tensor_parallel_size: int = param(1, min=1)  # vllm: GPUs one engine spans (vLLM's tensor parallelism)
+    # vllm: engines, each of tensor_parallel_size GPUs; above 1 they are Ray Data LLM replicas, on this machine
+    # or the Ray cluster named by ray.address (docs/ray.md), and each sample is a request of its own
+    data_parallel_size: int = param(1, min=1)
 
 
 @dataclasses.dataclass

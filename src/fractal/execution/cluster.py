@@ -32,7 +32,9 @@ Faults. A batch whose node dies, or whose Ray worker is killed, is submitted aga
 schedules it on a node that is alive) up to `_MAX_RERUNS` times; a batch's records come
 back once and whole, so no candidate is lost or recorded twice. A killed driver: every
 finished batch is in the label cache (committed about every second), so a rerun runs only
-the rest. An address that does not answer fails within `_CONNECT_TIMEOUT` seconds with a
+the rest. The driver's own Ray node dying (its local raylet: every batch then fails the same
+way) stops the stage at once with a line naming the address, instead of rerunning batches that
+cannot run. An address that does not answer fails within `_CONNECT_TIMEOUT` seconds with a
 line naming it.
 
 Where it stops: the batch is the unit of rerun, so a lost node costs its running batches
@@ -222,7 +224,11 @@ def batches_of(todo: list[tuple[str, Generation]], size: int,
     return batches
 
 
-def _connect(settings: RaySettings, where: str):
+def connect(settings: RaySettings, where: str):
+    """The `ray` module, joined to the cluster at settings.address with this fractal shipped
+    to its nodes (runtime_env py_modules); fails in one line naming the address. The caller
+    calls ray.shutdown()."""
+    _check_reachable(settings.address, where)  # at once, not after ray.init's own retries
     try:
         import ray
     except ImportError:
@@ -239,7 +245,7 @@ def _connect(settings: RaySettings, where: str):
 
 def _run(stage: str, todo: list[tuple[str, Generation]], args_of: Callable[[list], tuple], node_fn: Callable,
          preload_heavy: list[str], cache, settings: RaySettings, where: str) -> dict[str, tuple]:
-    ray = _connect(settings, where)
+    ray = connect(settings, where)
     try:
         cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
         size = settings.batch or max(1, min(_MAX_BATCH, math.ceil(len(todo) / (_BATCHES_PER_CPU * cpus))))
@@ -283,6 +289,10 @@ def _run(stage: str, todo: list[tuple[str, Generation]], args_of: Callable[[list
                         text = str(cause).strip()
                         raise ClusterError(f"{stage} on the Ray cluster at {settings.address}, node {e.ip}: "
                                            f"{text.splitlines()[0] if text else type(cause).__name__}") from None
+                    except ray.exceptions.LocalRayletDiedError:  # this machine's node: no rerun can succeed
+                        raise ClusterError(f"{stage} on the Ray cluster at {settings.address}: the Ray node this "
+                                           "process joined (its raylet) died; restart it (`ray start`) and rerun: "
+                                           "finished batches are in the cache") from None
                     except ray.exceptions.RayError as e:  # its node or worker was lost
                         reruns[b] += 1
                         if reruns[b] > _MAX_RERUNS:

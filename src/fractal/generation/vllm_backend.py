@@ -19,9 +19,22 @@ Log-probabilities: vLLM is asked for the sampled tokens' log-probabilities (logp
 and their sum is recorded; vLLM's V1 engine reports them under the model's own
 distribution, before temperature and top-p, as the transformers backend does.
 vllm is imported only when this backend runs (`pip install 'fractal[gpu]'`).
+
+Several GPUs. `generate.tensor_parallel_size` GPUs make one engine (vLLM's tensor
+parallelism: a model too large for one GPU, e.g. 14B on 8x H100 with 2 or 4 per engine).
+`generate.data_parallel_size` engines above 1 run as Ray Data LLM replicas (ray.data.llm,
+`concurrency` = data_parallel_size, each with tensor_parallel_size GPUs), on this machine's
+GPUs or, with `ray.address` / FRACTAL_RAY_ADDRESS (docs/ray.md), across a Ray cluster's
+nodes; the records are the same kind either way. Ray Data's vLLM stage keeps one output per
+row, so there each sample is a request of its own (n=1), seeded from `generate.seed`, the
+problem id and the sample index (seed_mode request) instead of one request of n per
+problem: the samples differ from those of one engine, which is why both sizes are tracked
+params. Where it stops: written against vLLM's and Ray Data LLM's documented APIs and
+checked here against doubles of them; no GPU run of either (docs/ray.md).
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any, Iterator
 
@@ -63,17 +76,18 @@ class VLLMBackend:
         requests = [{"prompt_token_ids": encode_prompt(tokenizer, t, params.prompt_style)} for t in prompt_texts]
         engine = {**engine_args(params, path), **self.engine_args}
         print(f"generate: vllm: {describe(params)}")
-        t0 = time.perf_counter()
-        llm = LLM(**engine)
-        t1 = time.perf_counter()
         per_request = self.per_request_sampling or [{}] * len(problems)
-        sampling = [
-            SamplingParams(**{**sampling_args(params, problem_seed(params.seed, p.problem_id)
-                                              if params.seed_mode == "request" else None),
-                              **self.sampling_args, **extra})
-            for p, extra in zip(problems, per_request, strict=True)
-        ]
-        outputs = llm.generate(requests, sampling, use_tqdm=True)
+        sampling = [{**sampling_args(params, problem_seed(params.seed, p.problem_id)
+                                     if params.seed_mode == "request" else None), **self.sampling_args, **extra}
+                    for p, extra in zip(problems, per_request, strict=True)]
+        t0 = time.perf_counter()
+        if params.data_parallel_size > 1:
+            t1 = t0  # the replicas start inside the Ray Data pipeline
+            outputs = ray_data_outputs(problems, requests, sampling, engine, params)
+        else:
+            llm = LLM(**engine)
+            t1 = time.perf_counter()
+            outputs = llm.generate(requests, [SamplingParams(**kw) for kw in sampling], use_tqdm=True)
         t2 = time.perf_counter()
         self.timings = {"engine_start_s": t1 - t0, "sampling_s": t2 - t1}
         n_samples = sum(len(o.outputs) for o in outputs)
@@ -97,7 +111,89 @@ def engine_args(params: GenerateParams, model_path: str) -> dict[str, Any]:
         engine["max_model_len"] = params.max_model_len
     if params.max_num_seqs:
         engine["max_num_seqs"] = params.max_num_seqs
+    if params.tensor_parallel_size > 1:
+        engine["tensor_parallel_size"] = params.tensor_parallel_size
     return engine
+
+
+@dataclasses.dataclass
+class SampledOutput:
+    """One sample from Ray Data LLM, in the shape `records` reads from vLLM's CompletionOutput."""
+    index: int
+    text: str
+    token_ids: list[int]
+    cumulative_logprob: float | None
+    logprobs: None = None
+
+
+@dataclasses.dataclass
+class ProblemOutputs:
+    """A problem's samples from Ray Data LLM, in the shape of vLLM's RequestOutput."""
+    outputs: list[SampledOutput]
+
+
+def ray_data_outputs(problems: list[Problem], requests: list[dict[str, Any]], sampling: list[dict[str, Any]],
+                     engine: dict[str, Any], params: GenerateParams) -> list[ProblemOutputs]:
+    """Every problem's samples from `data_parallel_size` vLLM engines run by Ray Data LLM:
+    one row per (problem, sample), with n=1 and a seed of its own; rows of a problem are
+    consecutive and a batch is a problem's n rows, so a replica gets the prompt n times
+    together (its prefix cache shares it)."""
+    try:
+        from ray.data import from_items
+        from ray.data import llm as ray_llm
+    except ImportError as e:
+        raise ParamsError(f"params.yaml: `generate.data_parallel_size` is {params.data_parallel_size}: its engines "
+                          f"run on Ray Data LLM, which cannot be imported ({e}); pip install 'ray[data,llm]' beside "
+                          "vllm, or set it to 1") from None
+    rows = []
+    for i, (problem, request, kw) in enumerate(zip(problems, requests, sampling, strict=True)):
+        for j in range(kw["n"]):
+            seed = problem_seed(params.seed, f"{problem.problem_id}#{j}") if kw.get("seed") is not None else None
+            rows.append({"problem": i, "sample": j, "tokenized_prompt": request["prompt_token_ids"],
+                         "sampling_params": {**kw, "n": 1, "seed": seed}})
+    config = ray_llm.vLLMEngineProcessorConfig(
+        model_source=engine["model"], engine_kwargs={k: v for k, v in engine.items() if k != "model"},
+        # whole problems per batch (a multiple of n rows), about 64 rows
+        concurrency=params.data_parallel_size, batch_size=params.n * max(1, 64 // params.n),
+        # fractal renders and tokenizes the prompts (prompts.py) and the engine returns the text
+        chat_template_stage=False, tokenize_stage=False, detokenize_stage=False)
+    # build_processor since Ray 2.5x; build_llm_processor, its older name, before
+    build = getattr(ray_llm, "build_processor", None) or ray_llm.build_llm_processor
+    cluster = _join_configured_cluster()
+    try:
+        done = build(config)(from_items(rows)).take_all()
+    finally:
+        if cluster is not None:
+            cluster.shutdown()
+    by_problem: list[list[SampledOutput]] = [[] for _ in problems]
+    for row in done:
+        tokens = [int(t) for t in row["generated_tokens"]]
+        by_problem[int(row["problem"])].append(
+            SampledOutput(int(row["sample"]), row["generated_text"], tokens, _row_logprob(tokens, row.get("logprobs"))))
+    return [ProblemOutputs(outputs) for outputs in by_problem]
+
+
+def _join_configured_cluster():
+    """Ray joined at the cluster named for label and probe (ray.address, FRACTAL_RAY_ADDRESS),
+    shipping fractal to its nodes; None without one (Ray Data then starts Ray here)."""
+    from fractal.execution.cluster import connect, ray_settings
+
+    settings, where = ray_settings()
+    return connect(settings, where) if settings.address else None
+
+
+def _row_logprob(tokens: list[int], logprobs: Any) -> float | None:
+    """The sum of the sampled tokens' log-probabilities from Ray Data LLM's `logprobs` column
+    (one {token id: {"logprob": ...}} per position; the ids may come back as strings)."""
+    if not logprobs:
+        return None
+    total = 0.0
+    for tok, step in zip(tokens, logprobs, strict=True):
+        entry = step.get(tok, step.get(str(tok))) if isinstance(step, dict) else None
+        if entry is None:
+            return None
+        total += float(entry["logprob"])
+    return total
 
 
 def sampling_args(params: GenerateParams, seed: int | None) -> dict[str, Any]:
