@@ -3,6 +3,7 @@ probe (every candidate on the generated inputs, in the real sandbox): per-call l
 comparison outside the candidate, resuming after SIGKILL, a real `dvc repro`."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -144,6 +145,17 @@ def test_an_expected_value_that_is_not_plain_data_leaves_an_input_without_a_test
     # (`2import numpy as np`), which it cannot evaluate: an input without a test.
     trailing = parse_assert("assert f(1) == 2\n\nimport numpy as np", "f")
     assert not trailing.has_expected and trailing.trailing
+
+
+@pytest.mark.parametrize("text", ["", "Write a function that doubles x."])  # HumanEval's form, MBPP's
+def test_generated_tests_read_no_real_test_nor_reference(text):
+    # The reading compiles each input after the problem's stub (SRank's check): for MBPP the
+    # stub has the reference's `def` line, whose name and parameters cannot change what compiles.
+    samples = ["f(1) == 2\nassert round(f(2), 1) == 4\nassert f(x) == 3\nassert f(3) == ____", "f(4)==8"]
+    p = dataclasses.replace(problem(), text=text)
+    before = generated_tests_record(p, samples, 5, GenerationStats())
+    after = generated_tests_record(dataclasses.replace(p, tests="", reference=""), samples, 5, GenerationStats())
+    assert before == after and len(before["tests"]) == 3 and len(before["inputs"]) == 4
 
 
 def test_inputs_and_tests_are_deduplicated_with_counts():
