@@ -31,8 +31,10 @@ here. An expected text that folds to plain data makes a test; one that does not
 input without a test, as SRank keeps it: the rankers that cluster on outputs (SRank,
 MBR-exec) see it, CodeT's test sets do not. What SRank keeps nothing of is counted, not
 kept (`!=`, `<`, `is 2`, a bare call, `f(1)==2` without blanks, `____(f(1) == 2)`).
-Code that CodeT's cut leaves after the assert (`import numpy as np`) joins the expected
-text, as SRank joins the lines, so that assert has no expected value.
+Where CodeT's cut leaves statements after the assert (`import numpy as np`, a stray
+docstring), the assert alone is read (SRank would join them into the expected text and lose
+the test); CodeT runs those lines too, and fails the test for every candidate when they
+raise (an import of django).
 
 Record (data/generated_tests.jsonl, one line per problem, in problems order):
     {"problem_id", "inputs": [call, ...], "tests": [{"input", "expected", "count"}, ...],
@@ -43,11 +45,11 @@ how many times the model wrote it (CodeT's and SRank's scores weigh a test by it
 is wire.encode_expression's {"expr": text} where it is not a call on plain data;
 `asserts[j]` is the first source text that gave tests[j]. A problem whose samples hold
 no usable assert has empty lists: of the recorded CodeGen-16B HumanEval samples, 9
-problems have no assert CodeT would run, and 5 more no assert SRank reads a test from
-(`assert ____(fib(2) == 1)`; `max_fill(grid, capacity) == 42` names variables that are not
-defined, an input without a test), so 14 have no test; HumanEval/45's only tests are ones
-no candidate can pass (`assert _____, triangle_area(1, 1) == 0.5`, read by SRank as the
-input `_____, triangle_area(1, 1)`). CodeT's ranking is the same either way.
+problems have no assert CodeT would run, and 4 more no assert SRank reads a test from
+(`assert ____(fib(2) == 1)`), so 13 have no test; HumanEval/45's and 115's only tests are
+ones no candidate can pass (`assert _____, triangle_area(1, 1) == 0.5`, read by SRank as
+the input `_____, triangle_area(1, 1)`; `max_fill(grid, capacity) == 42`, whose names are
+not defined). CodeT's ranking is the same either way.
 
 MBPP: the problem's prompt shows its real test asserts; the test-generation prompt does
 not. It is built from the task text and the reference solution's `def` line (the name
@@ -219,15 +221,20 @@ def parse_assert(source: str, entry_point: str, stub: str = "") -> ParsedAssert 
     by default a bare `def entry_point(*args, **kwargs):`."""
     if len(source) > MAX_ASSERT_CHARS:
         return "comparison"
-    sides = srank_sides(source, stub or f"def {entry_point}(*args, **kwargs):", entry_point)
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        tree = None
+    trailing = tree is not None and len(tree.body) > 1
+    # Where CodeT's cut leaves statements after the assert (`import numpy as np`, `x = f`),
+    # the assert alone is read: SRank joins the lines first, which would put them into the
+    # expected text and lose the test (30 asserts of the recorded file; a chat model's
+    # fenced answer often ends so).
+    text = (ast.get_source_segment(source, tree.body[0]) or source) if trailing else source
+    sides = srank_sides(text, stub or f"def {entry_point}(*args, **kwargs):", entry_point)
     if sides is None:
         return "comparison"
     input_text, expected_text = sides
-    try:
-        tree = ast.parse(source)
-        trailing = len(tree.body) > 1
-    except (SyntaxError, ValueError, RecursionError, MemoryError):
-        trailing = False
     try:
         node = ast.parse(input_text.strip(), mode="eval").body
     except (SyntaxError, ValueError, RecursionError, MemoryError):
