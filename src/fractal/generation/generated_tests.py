@@ -165,8 +165,9 @@ def srank_sides(source: str, stub: str, entry_point: str) -> tuple[str, str] | N
     `assert INPUT == EXPECTED` with blanks around the first `==` (so `f(1)==2` is dropped),
     or, where no `==` appears, `assert INPUT is True|False|None`; the sides swap when the
     expected one names `entry_point(`; the input must name `entry_point(` (`x.f(1)` does)
-    and compile after the problem's stub (`stub` + `pass`, SRank's prompt + `pass`). SRank evaluates the message with eval; here it
-    is a message when it folds to plain data or names a builtin, so nothing runs."""
+    and compile after the problem's stub (`stub` + `pass`, SRank's prompt + `pass`). SRank
+    evaluates the message with eval; here it is a message when it folds to plain data or
+    names a builtin, so nothing runs."""
     text = re.sub("'''.*?'''", "", source, flags=re.DOTALL)
     text = re.sub('""".*?"""', "", text, flags=re.DOTALL)
     text = text.replace("\n", "")
