@@ -28,7 +28,8 @@ def some(ids: list[str]) -> str:
 print(f"gentests: {len(records)} problems, {len(with_tests)} with >= 1 test, "
       f"{metrics['tests_per_problem']:.1f} tests and {metrics['inputs_per_problem']:.1f} inputs per problem; "
       f"{stats.blank_samples} of {stats.samples} samples blank; of {stats.asserts} asserts, "
-      f"{stats.dropped_comparison} dropped (not `f(...) == value`), {stats.dropped_not_literal} dropped (not literals); "
+      f"{stats.dropped_comparison} dropped (not `... f(...) ... == value`), {stats.expressions} with an expression "
+      f"as input (not a call on plain data); "
       f"no assert: {some(stats.without_asserts)}; no test: {some(stats.without_tests)}")
 if p.source == "none":
     print("gentests: source none: CodeT, SRank and MBR-exec tie on every problem (a uniform pick)")

@@ -3,6 +3,7 @@ probe (every candidate on the generated inputs, in the real sandbox): per-call l
 comparison outside the candidate, resuming after SIGKILL, a real `dvc repro`."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -69,28 +70,52 @@ def test_the_limit_counts_asserts_that_are_then_dropped():
     assert rec["tests"] == [] and stats.dropped_comparison == 5 and stats.kept == 0
 
 
-@pytest.mark.parametrize("source, why", [
-    ("assert f(1) != 2", "comparison"),
-    ("assert f(1) is 2", "comparison"),
-    ("assert f(1) is 1.0", "comparison"),
-    ("assert True is f(1)", "comparison"),  # SRank reads `is` with the call on the left only
-    ("assert f(1) == 2 == 2", "comparison"),
-    ("assert f(1) == 2 and f(2) == 4", "comparison"),
-    ("assert f(1) in [2]", "comparison"),
-    ("assert abs(f(1) - 2) < 1e-6", "comparison"),
-    ("assert round(f(1), 2) == 2", "comparison"),
-    ("assert ____(f(1) == 2)", "comparison"),
-    ("assert f(x) == 2", "not_literal"),
-    ("assert f([1, 2], key=len) == 2", "not_literal"),
-    ("assert f(*[1]) == 2", "not_literal"),
-    ("assert f(list(range(3))) == 2", "not_literal"),
-    ("assert f('a' * 100_000) == 2", "not_literal"),  # folded only up to MAX_FOLDED
-    ("assert f(10 ** 100_000) == 2", "not_literal"),
-    ("assert f(1) == '" + "x" * 20_000 + "'", "not_literal"),  # too long to be worth keeping
-    ("assert f(__import__('os').system('echo pwned')) == 0", "not_literal"),
+@pytest.mark.parametrize("source", [
+    "assert f(1) != 2",
+    "assert f(1) is 2",
+    "assert f(1) is 1.0",
+    "assert True is f(1)",  # SRank reads `is` with the call on the left only
+    "assert f(1) in [2]",
+    "assert abs(f(1) - 2) < 1e-6",
+    "assert ____(f(1) == 2)",  # SRank's input `____(f(1)` does not compile
+    "assert f(1)==2",  # SRank's pattern wants blanks around `==`
+    "assert f(1) is not None",
+    "assert g(1) == 2",  # no call of the entry point
+    "assert f(1) == '" + "x" * 20_000 + "'",  # too long to be worth keeping
 ])
-def test_asserts_that_are_not_a_literal_equality_are_dropped(source, why):
-    assert parse_assert(source, "f") == why
+def test_asserts_srank_keeps_nothing_of_are_dropped(source):
+    assert parse_assert(source, "f") == "comparison"
+
+
+@pytest.mark.parametrize("source, text, expected", [
+    ("assert round(f(1), 2) == 2", "round(f(1), 2)", 2),
+    ("assert f(x) == 2", "f(x)", 2),  # raises NameError in every candidate, as in SRank
+    ("assert f([1, 2], key=len) == 2", "f([1, 2], key=len)", 2),
+    ("assert f(*[1]) == 2", "f(*[1])", 2),
+    ("assert f(list(range(3))) == 2", "f(list(range(3)))", 2),
+    ("assert 3 == f(1)[0]", "f(1)[0]", 3),
+    ("assert g(f(1)) is True", "g(f(1))", True),
+    ("assert x.f(1) is False", "x.f(1)", False),  # SRank's pattern matches `f(` after a dot
+    ("assert f('a' * 100_000) == 2", "f('a' * 100000)", 2),  # folded only up to MAX_FOLDED
+    ("assert f(10 ** 100_000) == 2", "f(10 ** 100000)", 2),
+    ("assert f(__import__('os').system('echo pwned')) == 0", "f(__import__('os').system('echo pwned'))", 0),
+])
+def test_an_input_that_is_not_a_call_on_plain_data_is_its_expression_text(source, text, expected):
+    # The text runs only in the sandbox, in the candidate's module (the probe); nothing here runs it.
+    p = parse_assert(source, "f")
+    assert json.loads(p.call) == {"expr": text} and p.has_expected and p.expected == expected
+
+
+def test_srank_quirks_in_reading_an_assert():
+    # Both sides call the entry point: SRank takes the right one as the input.
+    p = parse_assert("assert f(1) == f(2)", "f")
+    assert json.loads(p.call)[0] == [2] and not p.has_expected
+    # It splits at the first ` == `: `f(1)` with the expected text `2 == 2`, which is not plain data.
+    p = parse_assert("assert f(1) == 2 == 2", "f")
+    assert json.loads(p.call)[0] == [1] and not p.has_expected
+    # The input must compile after the problem's stub; a message that is a value goes.
+    assert parse_assert("assert f(1) == 2, 'two'", "f", "def f(x):\n    # a stub\n").expected == 2
+    assert parse_assert("assert f(1 == 2", "f") == "comparison"
 
 
 def test_literal_equalities_become_plain_data():
@@ -118,6 +143,17 @@ def test_an_expected_value_that_is_not_plain_data_leaves_an_input_without_a_test
     assert stats.inputs_only == 1 and stats.kept == 1
     trailing = parse_assert("assert f(1) == 2\n\nimport numpy as np", "f")
     assert trailing.expected == 2 and trailing.trailing
+
+
+@pytest.mark.parametrize("text", ["", "Write a function that doubles x."])  # HumanEval's form, MBPP's
+def test_generated_tests_read_no_real_test_nor_reference(text):
+    # The reading compiles each input after the problem's stub (SRank's check): for MBPP the
+    # stub has the reference's `def` line, whose name and parameters cannot change what compiles.
+    samples = ["f(1) == 2\nassert round(f(2), 1) == 4\nassert f(x) == 3\nassert f(3) == ____", "f(4)==8"]
+    p = dataclasses.replace(problem(), text=text)
+    before = generated_tests_record(p, samples, 5, GenerationStats())
+    after = generated_tests_record(dataclasses.replace(p, tests="", reference=""), samples, 5, GenerationStats())
+    assert before == after and len(before["tests"]) == 3 and len(before["inputs"]) == 4
 
 
 def test_inputs_and_tests_are_deduplicated_with_counts():
@@ -173,7 +209,10 @@ def test_the_recorded_file_as_codet_reads_it():
     mean_tests = sum(len(r["tests"]) for r in records) / len(records)
     print(f"recorded file: {len(with_tests)} of {len(records)} problems have >= 1 test; "
           f"{mean_tests:.1f} tests per problem")
-    assert len(with_tests) == 149 and 35 < mean_tests < 45
+    # 151: SRank reads HumanEval/45's `assert _____, triangle_area(1, 1) == 0.5` as a test of the
+    # input `_____, triangle_area(1, 1)`, and 115's `max_fill(grid, capacity) == 42` as one, both
+    # raising NameError in every candidate.
+    assert len(with_tests) == 151 and 35 < mean_tests < 45
     for r in records:
         assert all(0 <= t["input"] < len(r["inputs"]) and t["count"] >= 1 for t in r["tests"])
         assert len(set(r["inputs"])) == len(r["inputs"]) and len(r["asserts"]) == len(r["tests"])
@@ -212,6 +251,25 @@ def test_probe_records_signatures_and_passes_compared_outside(tmp_path):
     assert c["outputs"][1] == "!ValueError" and c["outputs"][0] == '{"s":["a",1]}' and c["passed"] == []
     assert d["status"] == "syntax_error" and d["outputs"] == ["!syntax_error"] * 4
     assert e["status"] == "error" and e["outputs"] == ["!ModuleNotFoundError"] * 4
+
+
+def test_an_expression_input_runs_in_the_candidates_module(tmp_path):
+    # SRank evaluates the assert's input text in the candidate's module: its helpers, its
+    # builtins; the value comes back as plain data and is compared outside, like a call's.
+    asserts = ["assert round(f(1), 1) == 0.3", "assert f(2)[0] == 1", "assert g(f('ab')) == 'ab'",
+               "assert f(x) == 1", "assert 2 == f(2)"]
+    programs = [
+        "def f(x):\n    return 0.3 if x == 1 else (1, 0) if x == 2 else x[::-1]\n"
+        "def g(s):\n    return s[::-1]\n",
+        "def f(x):\n    while x == 1:\n        pass\n    return [x]\n"
+        "def g(s):\n    return str(s)\n",
+    ]
+    good, other = run_probe(tmp_path, programs, asserts, entry="f")
+    assert good["outputs"] == ["0.3", "1", '"ab"', "!NameError", '{"t":[1,0]}']
+    assert good["passed"] == [0, 1, 2] and good["status"] == "ok"
+    # The expression's call keeps the per-call CPU limit; the next input runs.
+    assert other["outputs"] == ["!timeout", "2", json.dumps("['ab']"), "!NameError", "[2]"]
+    assert other["passed"] == []
 
 
 def test_the_cpu_limit_is_per_call(tmp_path):

@@ -6,6 +6,11 @@ What execution-agreement rankers need (CodeT, SRank, MBR-exec): per candidate, w
 returned on each input the model's own tests call (its output signature) and which of
 those tests it passes. The problem's real tests never come in.
 
+An input is a call of the entry point on plain data or, where the model's assert wraps
+or builds the call (`round(f(x), 2)`, `f(x)[0]`, `g(f(x))`), that expression's text,
+evaluated in the candidate's module by the worker's child (worker.py `_invoke`) under the
+same per-call limit, as SRank evaluates it; its value comes back as plain data all the same.
+
 How it runs: in the label stage's sandbox (the label section's limits, its warm workers,
 `WorkerPool`), one fork per candidate for all its inputs; identical programs of a problem
 run once. Passing is decided here, outside the candidate, as judge.py decides: the values

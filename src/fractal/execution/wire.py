@@ -10,7 +10,8 @@ built from exact builtin types only, `decode_plain` turns that back into exact b
 values (None, bool, int, float, complex, str, bytes, bytearray, list, tuple, dict, set,
 frozenset) plus `Opaque`, this module's stand-in for any other object, so no value from a
 candidate can carry a method of its own (a rigged `__eq__`, `__bool__` or `__hash__`) into
-the judge. Test inputs cross the other way as `encode_call`'s text.
+the judge. Test inputs cross the other way as `encode_call`'s text (or
+`encode_expression`'s, for a generated input that is an expression).
 
 Frames, how bytes cross a pipe: a 4-byte big-endian length, then the body (`frame`,
 `write_frame`; `read_frame` for a blocking fd, `take_frames` for what a non-blocking one
@@ -120,6 +121,27 @@ def encode_call(args: tuple, kwargs: dict) -> str:
     """One call's inputs as the labeler records them and the worker replays them: the JSON
     text of [args, kwargs], plain data (ValueError or RecursionError if they are not)."""
     return json.dumps([encode_plain(list(args)), encode_plain(dict(kwargs))], allow_nan=True)
+
+
+def encode_expression(text: str) -> str:
+    """A generated input that is an expression rather than a call on plain data
+    (`round(f(1.5), 2)`, `f(x)[0]`, `decode_cyclic(encode_cyclic('abc'))`): the JSON text of
+    {"expr": text}. The worker evaluates the text in the candidate's module (its names, its
+    builtins), as SRank evaluates the assert's text there; its value crosses back as plain
+    data like a call's."""
+    return json.dumps({"expr": text})
+
+
+def decode_call(encoded):
+    """One call as the worker replays it, from its item in a JSON list of encoded calls:
+    (args, kwargs) of plain data, or the expression's text (a str)."""
+    if isinstance(encoded, dict):
+        text = encoded.get("expr")
+        if type(text) is not str:
+            raise MalformedPlainData("a call object needs an 'expr' text")
+        return text
+    args, kwargs = encoded
+    return decode_plain(args), decode_plain(kwargs)
 
 
 # json.dumps(obj, allow_nan=True) without building an encoder for every call: a candidate's

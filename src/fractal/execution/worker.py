@@ -303,11 +303,11 @@ def _child(problem_id: str, task_r: int, res_w: int, out_w: int, zygote: "Zygote
         _frame({"x": "NameError"})
         return
     if call_cpu_limit:
-        _call_timer(call_cpu_limit, calls, fn)
+        _call_timer(call_cpu_limit, calls, fn, env)
         return
-    for args, kwargs in calls:
+    for call in calls:
         try:
-            value = fn(*args, **kwargs)
+            value = _invoke(fn, env, call)
             try:
                 encoded = wire.encode_plain(value)
             except (RecursionError, ValueError):
@@ -318,11 +318,22 @@ def _child(problem_id: str, task_r: int, res_w: int, out_w: int, zygote: "Zygote
     _frame({"done": 1})
 
 
+def _invoke(fn, env: dict, call):
+    """One generated input's value: the entry point called on plain data, or an expression's
+    text (wire.encode_expression) evaluated in the candidate's module, so `round(f(x), 2)`
+    or `decode_cyclic(encode_cyclic('abc'))` runs the candidate's own functions. Compiled
+    here, inside the call's limits: a pathological text is that call's exception."""
+    if type(call) is str:
+        return eval(compile(call, "<generated input>", "eval", dont_inherit=True), env)
+    args, kwargs = call
+    return fn(*args, **kwargs)
+
+
 class _CallTimeout(BaseException):
     """Raised into a call that has used its own CPU limit (a task's `call_cpu_limit`)."""
 
 
-def _call_timer(limit: float, calls: list, fn) -> None:
+def _call_timer(limit: float, calls: list, fn, env: dict) -> None:
     """The calls, each with `limit` seconds of user CPU time of its own (ITIMER_VIRTUAL),
     as CodeT's time_limit gives each test: a call over it is reported {"t": 1} and the next
     one starts, so a candidate that loops on some inputs costs one run, not a run per input.
@@ -342,13 +353,13 @@ def _call_timer(limit: float, calls: list, fn) -> None:
 
     signal.signal(signal.SIGVTALRM, expire)
     signal.signal(signal.SIGPROF, signal.SIG_DFL)  # terminates the process
-    for args, kwargs in calls:
+    for call in calls:
         state["over"] = False
         try:
             state["armed"] = True
             signal.setitimer(signal.ITIMER_PROF, limit * _CALL_KILL_AFTER)
             signal.setitimer(signal.ITIMER_VIRTUAL, limit, _CALL_TIMER_REPEAT)
-            value = fn(*args, **kwargs)
+            value = _invoke(fn, env, call)
             state["armed"] = False
             signal.setitimer(signal.ITIMER_VIRTUAL, 0)
             signal.setitimer(signal.ITIMER_PROF, 0)
@@ -476,8 +487,7 @@ class Zygote:
                 socket.send_fds(self.answers, [_STATUS.pack(self._reap(child))], [])
             elif kind == b"C":
                 problem_id, _, calls = body.partition(b"\n")
-                self.calls[problem_id.decode()] = [(wire.decode_plain(args), wire.decode_plain(kwargs))
-                                                   for args, kwargs in json.loads(calls)]
+                self.calls[problem_id.decode()] = [wire.decode_call(c) for c in json.loads(calls)]
                 gc.freeze()
 
     def _reap(self, child: int) -> int:

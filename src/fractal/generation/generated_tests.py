@@ -16,35 +16,40 @@ problem's real tests. Two sources:
 
 Parsing follows CodeT's `PostProcessor.test_case_extract` exactly (split on "assert ",
 keep parts naming the entry point, cut at CodeT's stop tokens, keep what compiles), then
-keeps the first `test_case_limit` of each sample, as CodeT's agreement does. Of those,
-what SRank (FSoft-AI4Code/SRank-CodeRanker execution/utils.py) reads as an input and an
-expected output becomes a test: `entry_point(args) == expected` (either side of the `==`)
-and `entry_point(args) is True / False / None` (expected True, False, None, compared with
-`==` as SRank compares them). Arguments and expected value are plain data: literals
-(`ast.literal_eval`) and arithmetic on them (`60 * 15`, `'1' + '0'`, `-2 ** 3`, folded here
-by `fold_literal` with size limits), so no model-written code runs here. Where the
-arguments are plain data but the expected value is not (`f(1) == ____`, a variable, a
-call: 405 of the recorded asserts), the call is still a generated input without a test,
-as SRank keeps it: the rankers that cluster on outputs (SRank, MBR-exec) see it, CodeT's
-test sets do not. Everything else is counted, not kept: another comparison (`!=`, `<`,
-`is 2`, a bare call, `and`, `round(f(x), 2) == y`) or arguments that are not plain data
-(a variable, `list(range(5))`, `encode_cyclic('abc')`). An assert message is ignored: it
-is only evaluated when the assert fails, so it cannot change a verdict. Where CodeT's cut
-leaves statements after the assert (`import numpy as np`, a stray docstring), the assert
-alone is the test; CodeT runs those lines too, and fails the test for every candidate
-when they raise (an import of django).
+keeps the first `test_case_limit` of each sample, as CodeT's agreement does. Each of those
+is then read as SRank reads it (FSoft-AI4Code/SRank-CodeRanker execution/utils.py
+`convert_test_case_to_input_output`, `srank_sides`: its text rules, quirks included): an
+input text naming `entry_point(` and an expected text, from `INPUT == EXPECTED` (either
+side; blanks around the `==`) or `INPUT is True / False / None`. An input that is a call
+of the entry point on plain data (literals and arithmetic on them, `60 * 15`, folded by
+`fold_literal` with size limits) is that call's plain data; any other input
+(`round(f(x), 2)`, `f(x)[0]`, `decode_cyclic(encode_cyclic('abc'))`, `f(x)` naming a
+variable) is its expression text, which the probe evaluates in the candidate's module
+inside the sandbox, as SRank evaluates it in the candidate's; nothing model-written runs
+here. An expected text that folds to plain data makes a test; one that does not
+(`____`, a variable, a call: SRank evaluates it against the problem's stub) leaves the
+input without a test, as SRank keeps it: the rankers that cluster on outputs (SRank,
+MBR-exec) see it, CodeT's test sets do not. What SRank keeps nothing of is counted, not
+kept (`!=`, `<`, `is 2`, a bare call, `f(1)==2` without blanks, `____(f(1) == 2)`).
+Where CodeT's cut leaves statements after the assert (`import numpy as np`, a stray
+docstring), the assert alone is read (SRank would join them into the expected text and lose
+the test); CodeT runs those lines too, and fails the test for every candidate when they
+raise (an import of django).
 
 Record (data/generated_tests.jsonl, one line per problem, in problems order):
     {"problem_id", "inputs": [call, ...], "tests": [{"input", "expected", "count"}, ...],
      "asserts": [source, ...]}
 `inputs` are the distinct calls, as wire.encode_call writes them ([args, kwargs], plain data);
 `tests` the distinct (input, expected) pairs, each pointing at its input, with `count`,
-how many times the model wrote it (CodeT's and SRank's scores weigh a test by it);
+how many times the model wrote it (CodeT's and SRank's scores weigh a test by it); an input
+is wire.encode_expression's {"expr": text} where it is not a call on plain data;
 `asserts[j]` is the first source text that gave tests[j]. A problem whose samples hold
 no usable assert has empty lists: of the recorded CodeGen-16B HumanEval samples, 9
-problems have no assert CodeT would run, and 6 more only asserts no candidate can pass
-(`assert ____(fib(2) == 1)`, `assert max_fill(grid, capacity) == 42`: names that are not
-defined), which are dropped, so 15 have no test; CodeT's ranking is the same either way.
+problems have no assert CodeT would run, and 4 more no assert SRank reads a test from
+(`assert ____(fib(2) == 1)`), so 13 have no test; HumanEval/45's and 115's only tests are
+ones no candidate can pass (`assert _____, triangle_area(1, 1) == 0.5`, read by SRank as
+the input `_____, triangle_area(1, 1)`; `max_fill(grid, capacity) == 42`, whose names are
+not defined). CodeT's ranking is the same either way.
 
 MBPP: the problem's prompt shows its real test asserts; the test-generation prompt does
 not. It is built from the task text and the reference solution's `def` line (the name
@@ -54,6 +59,7 @@ were sampled from the prompt that shows the real asserts).
 from __future__ import annotations
 
 import ast
+import builtins
 import dataclasses
 import json
 import math
@@ -62,7 +68,7 @@ import re
 from pathlib import Path
 from typing import Any, Iterable
 
-from fractal.execution.wire import encode_call, encode_plain
+from fractal.execution.wire import encode_call, encode_expression, encode_plain
 from fractal.records import Problem
 
 # CodeT's STOP_TOKEN (src/postprocess.py): a test case ends at the first of these.
@@ -151,56 +157,114 @@ def _number(v: Any) -> Any:
     return v
 
 
-def parse_assert(source: str, entry_point: str) -> ParsedAssert | str:
-    """One assert as plain data, or why it is dropped: "comparison" (neither `==` between a
-    call of the entry point and a value nor `call is True/False/None`) or "not_literal"
-    (the arguments are not plain data, or too big to encode). A ParsedAssert whose expected
-    value is not plain data has `has_expected` False: its call is an input without a test."""
+def srank_sides(source: str, stub: str, entry_point: str) -> tuple[str, str] | None:
+    """SRank's reading of one assert (execution/utils.py `convert_test_case_to_input_output`,
+    text rules and quirks included): (input text, expected text), or None where SRank
+    keeps nothing. Docstrings and newlines go; a last comma-separated part that is a value
+    is an assert message and goes; one pair of parentheses around the comparison goes; then
+    `assert INPUT == EXPECTED` with blanks around the first `==` (so `f(1)==2` is dropped),
+    or, where no `==` appears, `assert INPUT is True|False|None`; the sides swap when the
+    expected one names `entry_point(`; the input must name `entry_point(` (`x.f(1)` does)
+    and compile after the problem's stub (`stub` + `pass`, SRank's prompt + `pass`). SRank
+    evaluates the message with eval; here it is a message when it folds to plain data or
+    names a builtin, so nothing runs."""
+    text = re.sub("'''.*?'''", "", source, flags=re.DOTALL)
+    text = re.sub('""".*?"""', "", text, flags=re.DOTALL)
+    text = text.replace("\n", "")
+    if "," in text:
+        parts = text.split(",")
+        if _is_value(parts[-1]):
+            text = ",".join(parts[:-1])
+    comparison = text.lstrip("assert").strip()  # lstrip of the letters, as SRank does
+    if comparison.startswith("(") and comparison.endswith(")"):
+        text = f"assert {comparison[1:-1]}"
+    if "==" in text:
+        match = re.match(r"assert\s+(.*?)\s+(==)\s+(.+)", text)
+    else:
+        match = re.match(r"assert\s+(.*?)\s+(is)\s+(True|False|None)", text)
+    if not match:
+        return None
+    input_text, _, expected_text = match.groups()
+    called = re.compile(re.escape(entry_point) + r"\(.*?\)")  # SRank's pattern, its name escaped
+    if called.search(expected_text):
+        input_text, expected_text = expected_text, input_text
+    if not called.search(input_text) or not input_text.strip():
+        return None
+    try:
+        compile(stub + f"\n    pass\n{input_text}", "", "exec", dont_inherit=True)
+    except Exception:  # SyntaxError, ValueError (NUL bytes), RecursionError, MemoryError
+        return None
+    return input_text, expected_text
+
+
+def _is_value(text: str) -> bool:
+    try:
+        node = ast.parse(text.strip(), mode="eval").body
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return False
+    if isinstance(node, ast.Name):
+        return node.id in dir(builtins)
+    try:
+        fold_literal(node)
+        return True
+    except (ValueError, TypeError, RecursionError, MemoryError, OverflowError):
+        return False
+
+
+def parse_assert(source: str, entry_point: str, stub: str = "") -> ParsedAssert | str:
+    """One assert as SRank reads it (`srank_sides`), or why it is dropped: "comparison"
+    (SRank keeps nothing of it). The input is a plain call (`f(args)` on plain data after
+    folding: `wire.encode_call`) or else SRank's input text (`round(f(x), 2)`, `f(x)[0]`,
+    `f(x)` naming a variable: `wire.encode_expression`), which the probe evaluates in the
+    candidate's module in the sandbox, as SRank does; nothing of it runs here. A
+    ParsedAssert whose expected value is not plain data has `has_expected` False: its
+    input is kept without a test, as SRank keeps it. `stub`: the problem's (`test_stub`);
+    by default a bare `def entry_point(*args, **kwargs):`."""
     if len(source) > MAX_ASSERT_CHARS:
-        return "not_literal"
+        return "comparison"
     try:
         tree = ast.parse(source)
     except (SyntaxError, ValueError, RecursionError, MemoryError):
+        tree = None
+    trailing = tree is not None and len(tree.body) > 1
+    # Where CodeT's cut leaves statements after the assert (`import numpy as np`, `x = f`),
+    # the assert alone is read: SRank joins the lines first, which would put them into the
+    # expected text and lose the test (30 asserts of the recorded file; a chat model's
+    # fenced answer often ends so).
+    text = (ast.get_source_segment(source, tree.body[0]) or source) if trailing else source
+    sides = srank_sides(text, stub or f"def {entry_point}(*args, **kwargs):", entry_point)
+    if sides is None:
         return "comparison"
-    if not tree.body or not isinstance(tree.body[0], ast.Assert):
-        return "comparison"
-    test = tree.body[0].test
-    if not (isinstance(test, ast.Compare) and len(test.ops) == 1):
-        return "comparison"
-    left, right = test.left, test.comparators[0]
-    if isinstance(test.ops[0], ast.Is):
-        # SRank's `f(x) is True|False|None` (the call on the left), expected compared with ==.
-        if not (_is_entry_call(left, entry_point) and isinstance(right, ast.Constant)
-                and right.value in (True, False, None) and type(right.value) in (bool, type(None))):
-            return "comparison"
-        call, value = left, right
-    elif not isinstance(test.ops[0], ast.Eq):
-        return "comparison"
-    elif _is_entry_call(left, entry_point):
-        call, value = left, right
-    elif _is_entry_call(right, entry_point):
-        call, value = right, left
-    else:
-        return "comparison"
+    input_text, expected_text = sides
     try:
-        if any(isinstance(a, ast.Starred) for a in call.args) or any(k.arg is None for k in call.keywords):
-            return "not_literal"
-        args = [fold_literal(a) for a in call.args]
-        kwargs = {k.arg: fold_literal(k.value) for k in call.keywords}
-        encoded_call = encode_call(tuple(args), kwargs)
+        node = ast.parse(input_text.strip(), mode="eval").body
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return "comparison"  # compiles after the stub only as statements (`f(1); g(2)`)
+    try:
+        encoded_call = _plain_call(node, entry_point)
     except (ValueError, TypeError, SyntaxError, RecursionError, MemoryError, OverflowError):
-        return "not_literal"  # ValueError also: an int literal beyond Python's digit limit
-    trailing = len(tree.body) > 1
+        # ValueError also: an int literal beyond Python's digit limit
+        try:
+            encoded_call = encode_expression(ast.unparse(node))  # one text per expression, whatever its layout
+        except (ValueError, RecursionError, MemoryError):
+            return "comparison"
     try:
-        encoded_expected = encode_plain(fold_literal(value))
+        encoded_expected = encode_plain(fold_literal(ast.parse(expected_text.strip(), mode="eval").body))
         json.dumps(encoded_expected)  # NaN and inf are fine (allow_nan); nothing else can fail
     except (ValueError, TypeError, SyntaxError, RecursionError, MemoryError, OverflowError):
         return ParsedAssert(encoded_call, None, source, trailing=trailing, has_expected=False)
     return ParsedAssert(encoded_call, encoded_expected, source, trailing=trailing)
 
 
-def _is_entry_call(node: ast.expr, entry_point: str) -> bool:
-    return isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == entry_point
+def _plain_call(node: ast.expr, entry_point: str) -> str:
+    """`entry_point(args)` on plain data as wire.encode_call's text; ValueError otherwise."""
+    if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == entry_point):
+        raise ValueError("not a plain call of the entry point")
+    if any(isinstance(a, ast.Starred) for a in node.args) or any(k.arg is None for k in node.keywords):
+        raise ValueError("* or ** arguments")
+    args = [fold_literal(a) for a in node.args]
+    kwargs = {k.arg: fold_literal(k.value) for k in node.keywords}
+    return encode_call(tuple(args), kwargs)
 
 
 @dataclasses.dataclass
@@ -211,7 +275,7 @@ class GenerationStats:
     kept: int = 0  # of those, tests (before deduplication)
     kept_with_trailing_code: int = 0  # of those, asserts that more statements followed
     dropped_comparison: int = 0
-    dropped_not_literal: int = 0
+    expressions: int = 0  # of the tests and inputs, asserts whose input is an expression (not a plain call)
     inputs_only: int = 0  # asserts whose call is kept as an input, the expected value not being plain data
     without_asserts: list[str] = dataclasses.field(default_factory=list)  # problem ids: CodeT finds no assert
     without_tests: list[str] = dataclasses.field(default_factory=list)  # problem ids: no assert kept
@@ -225,6 +289,7 @@ def generated_tests_record(problem: Problem, samples: Iterable[str], limit: int,
     asserts: list[str] = []
     test_index: dict[tuple[int, str], int] = {}
     n_asserts = stats.asserts
+    stub = test_stub(problem)
     for sample in samples:
         stats.samples += 1
         if not sample.strip():
@@ -232,13 +297,11 @@ def generated_tests_record(problem: Problem, samples: Iterable[str], limit: int,
             continue
         for source in codet_extract(sample, problem.entry_point)[:limit]:
             stats.asserts += 1
-            parsed = parse_assert(source, problem.entry_point)
+            parsed = parse_assert(source, problem.entry_point, stub)
             if isinstance(parsed, str):
-                if parsed == "comparison":
-                    stats.dropped_comparison += 1
-                else:
-                    stats.dropped_not_literal += 1
+                stats.dropped_comparison += 1
                 continue
+            stats.expressions += parsed.call.startswith('{"expr"')
             i = input_index.setdefault(parsed.call, len(inputs))
             if i == len(inputs):
                 inputs.append(parsed.call)
@@ -316,18 +379,21 @@ def load_recorded_tests(test_case_file: str | Path, prompts_file: str | Path,
 _DEF = re.compile(r"^def\s+([A-Za-z_]\w*)\s*\(.*?\)\s*(->[^:]*)?:", re.M | re.S)
 
 
-def codet_test_prompt(problem: Problem) -> str:
-    """CodeT's test-generation prompt: the stub with its docstring, `pass`, then
-    `# check the correctness of {entry_point}` and `assert `. HumanEval: the problem's
-    prompt (header and docstring). MBPP: the reference's `def` line of the entry point and
-    the task text as docstring; never the real test asserts the problem's prompt shows."""
+def test_stub(problem: Problem) -> str:
+    """The function header and docstring the test-generation prompt shows. HumanEval: the
+    problem's prompt. MBPP: the reference's `def` line of the entry point and the task text
+    as docstring; never the real test asserts the problem's prompt shows."""
     if problem.text:
         header = _def_line(problem.reference, problem.entry_point)
         text = problem.text.replace('"""', "'''")
-        stub = f'{header}\n    """{text}\n    """\n'
-    else:
-        stub = problem.prompt.rstrip() + "\n"
-    return f"{stub}    pass\n\n# check the correctness of {problem.entry_point}\nassert "
+        return f'{header}\n    """{text}\n    """\n'
+    return problem.prompt.rstrip() + "\n"
+
+
+def codet_test_prompt(problem: Problem) -> str:
+    """CodeT's test-generation prompt: the stub with its docstring (`test_stub`), `pass`,
+    then `# check the correctness of {entry_point}` and `assert `."""
+    return f"{test_stub(problem)}    pass\n\n# check the correctness of {problem.entry_point}\nassert "
 
 
 def _def_line(reference: str, entry_point: str) -> str:
