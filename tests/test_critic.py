@@ -18,6 +18,7 @@ from fractal.critic.crossfit import export, fit_and_score
 from fractal.critic.folds import Fold, make_folds
 from fractal.critic.model import Head
 from fractal.critic.scorer import NEW_PROBLEM_FOLD, load_critic
+from fractal.critic.train import Batches, train_fold
 from fractal.params import TrainParams
 from fractal.records import Generation, Label, MissingInput, Problem, write_jsonl
 
@@ -320,3 +321,20 @@ def test_a_critic_json_that_is_not_json_or_absent_says_so(tmp_path):
     (tmp_path / "critic.json").write_text('{"backbone": "minilm",\n')
     with pytest.raises(CriticConfigError, match=r"critic\.json:2: not valid JSON"):
         CriticConfig.read(tmp_path / "critic.json")
+
+
+def test_a_fold_whose_validation_has_one_class_trains_without_an_auroc(tmp_path, capsys):
+    # p/1, the validation problem, has only passing candidates: AUROC is undefined (None).
+    index_of = {"p/0": list(range(0, 8)), "p/1": list(range(8, 16)), "p/2": list(range(16, 24))}
+    labels = np.array([1.0, 0.0] * 4 + [1.0] * 8 + [0.0, 1.0] * 4)
+    x = torch.tensor(np.random.default_rng(0).normal(size=(24, 4)), dtype=torch.float32)
+    fold = Fold(0, fit=["p/0"], validation=["p/1"], scored=["p/2"])
+    result = train_fold(fold, index_of, labels, lambda: Head(4, 0, 0.0, np.zeros(4), np.ones(4)),
+                        Batches(make=lambda b: {"x": x[b]}), TrainParams(epochs=5, patience=1, batch_size=4),
+                        tmp_path / "fold-0")
+    # No AUROC ever improves on the first epoch's, so it stays the best and patience (1)
+    # stops the run after one more epoch.
+    assert [row["val_auroc"] for row in result.history] == [None, None]
+    assert result.best_epoch == 1
+    assert sorted(result.scores) == list(range(16, 24))
+    assert "val AUROC n/a (one class)" in capsys.readouterr().out

@@ -75,6 +75,11 @@ def predict(model: nn.Module, batches: Batches, indices: list[int], batch_size: 
     return out
 
 
+def _shown(value: float | None) -> str:
+    # auroc is None when the validation problems' candidates all pass or all fail.
+    return "n/a (one class)" if value is None else f"{value:.4f}"
+
+
 def _fault_injection_step() -> int:
     # For the resume test: FRACTAL_FAULT_KILL_AT_STEP=N sends SIGKILL to this process at
     # global optimizer step N, the way an OOM killer or a lost machine would.
@@ -150,7 +155,7 @@ def train_fold(fold: Fold, index_of: dict[str, list[int]], labels: np.ndarray, b
             torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch,
                         "history": history, "best_auroc": best_auroc, "best_epoch": best_epoch}, tmp)
         print(f"train: fold {fold.index} epoch {epoch + 1}: loss {row['train_loss']:.4f} "
-              f"val loss {val_loss:.4f} val AUROC {row['val_auroc']:.4f} acc {row['val_accuracy']:.3f}")
+              f"val loss {val_loss:.4f} val AUROC {_shown(row['val_auroc'])} acc {row['val_accuracy']:.3f}")
 
     best = torch.load(run_dir / "best.pt", map_location=device, weights_only=False)
     model.load_state_dict(best["model"])
