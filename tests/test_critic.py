@@ -338,3 +338,17 @@ def test_a_fold_whose_validation_has_one_class_trains_without_an_auroc(tmp_path,
     assert result.best_epoch == 1
     assert sorted(result.scores) == list(range(16, 24))
     assert "val AUROC n/a (one class)" in capsys.readouterr().out
+
+
+def test_train_stage_runs_when_no_fold_has_a_validation_auroc(tmp_path):
+    # Every problem's candidates all pass or all fail, so every fold's validation set has one class.
+    ws = workspace(tmp_path, "one-class", {"folds": 2, "epochs": 2, "patience": 2, "batch_size": 8, "hidden": 4})
+    labels = [{**json.loads(line), "passed": int(json.loads(line)["problem_id"][-1]) % 2 == 0}
+              for line in (ws / "data/labels.jsonl").read_text().splitlines()]
+    (ws / "data/labels.jsonl").write_text("".join(json.dumps(lab) + "\n" for lab in labels))
+    done = run_train(ws)
+    assert done.returncode == 0, done.stderr[-2000:]
+    metrics = json.loads((ws / "metrics/train.json").read_text())
+    assert metrics["val_auroc"] is None and metrics["hybrid_val_auroc"] is None
+    assert metrics["val_accuracy"] is not None  # accuracy is defined with one class
+    assert "validation AUROC n/a" in done.stdout
