@@ -40,10 +40,15 @@ for name, q, scores_path in (("critic", p, "data/scores.jsonl"),
     write_jsonl(scores_path, run.scores)
     best = [next(h for h in r.history if h["epoch"] == r.best_epoch) for r in run.folds]
     prefix = "" if name == "critic" else "hybrid_"
-    metrics.update({prefix + key: float(np.mean([b[key] for b in best])) for key in ("val_auroc", "val_accuracy", "val_loss")})
+    # A fold whose validation candidates all pass or all fail has no AUROC (None): the mean
+    # is over the folds that have one, and None (null) when none has.
+    metrics.update({prefix + key: (float(np.mean(known)) if (known := [b[key] for b in best if b[key] is not None])
+                                   else None) for key in ("val_auroc", "val_accuracy", "val_loss")})
     for r in run.folds:
         write_json(f"plots/train/{prefix}fold-{r.fold}.json", r.history)
-    print(f"train {name}: {len(run.folds)} fold(s), validation AUROC {metrics[prefix + 'val_auroc']:.4f}")
+    auroc = metrics[prefix + "val_auroc"]
+    print(f"train {name}: {len(run.folds)} fold(s), validation AUROC "
+          + ("n/a (every fold's validation candidates have one class)" if auroc is None else f"{auroc:.4f}"))
 metrics.update(folds=len(run.folds), scored_candidates=len(run.scores))
 write_json("metrics/train.json", metrics)
 seconds = round(time.time() - t0, 1)  # not a metric: it differs on every run and machine

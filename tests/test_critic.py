@@ -10,13 +10,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
+from fractal.critic.config import CriticConfig, CriticConfigError
 from fractal.critic.crossfit import export, fit_and_score
-from fractal.critic.folds import make_folds
+from fractal.critic.folds import Fold, make_folds
+from fractal.critic.model import Head
 from fractal.critic.scorer import NEW_PROBLEM_FOLD, load_critic
+from fractal.critic.train import Batches, train_fold
 from fractal.params import TrainParams
-from fractal.records import Generation, Label, Problem, write_jsonl
+from fractal.records import Generation, Label, MissingInput, Problem, write_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -252,3 +256,99 @@ def test_critic_json_without_the_later_keys_still_loads(runs_dir):
     (critic_dir / "critic.json").write_text(json.dumps(config))
     got = load_critic(critic_dir, device="cpu").score(problems, generations, cache_dir=runs_dir / "embeddings")
     assert_same_scores(got, run.scores)
+
+
+# --- critic.json: the typed config both training and scoring read ---
+
+# critic.json as the train stage has written it since dropout, lora_r, the batch sizes and
+# the precision were recorded (models registered in MLflow hold such files).
+TODAY = {"backbone": "minilm", "method": "head", "features": ["consensus", "execution"], "max_length": 384,
+         "prompt_tokens": 128, "hidden": 16, "dropout": 0.1, "lora_r": 16, "batch_size": 64, "embed_batch_size": 32,
+         "precision": "fp32",
+         "folds": [{"index": 0, "fit": ["HumanEval/1", "HumanEval/2"], "validation": ["HumanEval/3"],
+                    "scored": ["HumanEval/4"]},
+                   {"index": 1, "fit": ["HumanEval/3", "HumanEval/4"], "validation": ["HumanEval/1"],
+                    "scored": ["HumanEval/2"]}],
+         "best_epochs": {"0": 7, "1": 12}}
+# The first exported format: no dropout, lora_r, batch sizes or precision.
+FIRST = {k: v for k, v in TODAY.items() if k not in ("dropout", "lora_r", "batch_size", "embed_batch_size", "precision")}
+
+
+def test_critic_json_of_today_reads_typed_and_writes_back_byte_identical(tmp_path):
+    old = tmp_path / "old" / "critic.json"
+    old.parent.mkdir()
+    old.write_text(json.dumps(TODAY, indent=2) + "\n")  # what crossfit.export wrote before the config was typed
+    config = CriticConfig.read(old)
+    assert (config.backbone, config.method, config.features, config.hidden, config.precision) == \
+        ("minilm", "head", ["consensus", "execution"], 16, "fp32")
+    assert config.folds[1] == Fold(1, ["HumanEval/3", "HumanEval/4"], ["HumanEval/1"], ["HumanEval/2"])
+    assert config.best_epochs == {0: 7, 1: 12}
+    assert config["folds"] == TODAY["folds"] and config["max_length"] == 384  # indexed like the dict it was
+    config.write(tmp_path / "new" / "critic.json")
+    # The same bytes, so models/critic keeps its DVC hash.
+    assert (tmp_path / "new" / "critic.json").read_bytes() == old.read_bytes()
+
+
+def test_critic_json_of_the_first_format_reads_with_the_defaults_of_then(tmp_path):
+    path = tmp_path / "critic.json"
+    path.write_text(json.dumps(FIRST, indent=2) + "\n")
+    config = CriticConfig.read(path)
+    assert (config.dropout, config.lora_r, config.batch_size, config.embed_batch_size, config.precision) == \
+        (0.1, 16, 64, 32, "auto")
+    assert config.folds[0].scored == ["HumanEval/4"] and config.best_epochs == {0: 7, 1: 12}
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"hidden": None}, r"critic\.json: `hidden` is missing, and the scorer needs it"),
+    ({"max_length": "384"}, r"critic\.json: `max_length` is '384', not a whole number"),
+    ({"method": "svm"}, r"critic\.json: `method` is 'svm', not one of head, full, lora"),
+    ({"precision": "int8"}, r"critic\.json: `precision` is 'int8', not one of auto, fp32, bf16, fp16"),
+    ({"folds": []}, r"critic\.json: `folds` lists no folds"),
+    ({"folds": [{"index": 0, "fit": []}]}, r"critic\.json: `folds` item 0 is not a fold"),
+    ({"best_epochs": {"zero": 7}}, r"critic\.json: `best_epochs` is .*not fold indices mapped to epochs"),
+])
+def test_a_wrong_critic_json_names_the_file_and_the_key(tmp_path, change, message):
+    stored = {k: v for k, v in {**TODAY, **change}.items() if v is not None}
+    path = tmp_path / "critic.json"
+    path.write_text(json.dumps(stored))
+    with pytest.raises(CriticConfigError, match=message + r".*dvc pull models/critic"):
+        CriticConfig.read(path)
+
+
+def test_a_critic_json_that_is_not_json_or_absent_says_so(tmp_path):
+    with pytest.raises(MissingInput, match=r"critic\.json: missing"):
+        CriticConfig.read(tmp_path / "critic.json")
+    (tmp_path / "critic.json").write_text('{"backbone": "minilm",\n')
+    with pytest.raises(CriticConfigError, match=r"critic\.json:2: not valid JSON"):
+        CriticConfig.read(tmp_path / "critic.json")
+
+
+def test_a_fold_whose_validation_has_one_class_trains_without_an_auroc(tmp_path, capsys):
+    # p/1, the validation problem, has only passing candidates: AUROC is undefined (None).
+    index_of = {"p/0": list(range(0, 8)), "p/1": list(range(8, 16)), "p/2": list(range(16, 24))}
+    labels = np.array([1.0, 0.0] * 4 + [1.0] * 8 + [0.0, 1.0] * 4)
+    x = torch.tensor(np.random.default_rng(0).normal(size=(24, 4)), dtype=torch.float32)
+    fold = Fold(0, fit=["p/0"], validation=["p/1"], scored=["p/2"])
+    result = train_fold(fold, index_of, labels, lambda: Head(4, 0, 0.0, np.zeros(4), np.ones(4)),
+                        Batches(make=lambda b: {"x": x[b]}), TrainParams(epochs=5, patience=1, batch_size=4),
+                        tmp_path / "fold-0")
+    # No AUROC ever improves on the first epoch's, so it stays the best and patience (1)
+    # stops the run after one more epoch.
+    assert [row["val_auroc"] for row in result.history] == [None, None]
+    assert result.best_epoch == 1
+    assert sorted(result.scores) == list(range(16, 24))
+    assert "val AUROC n/a (one class)" in capsys.readouterr().out
+
+
+def test_train_stage_runs_when_no_fold_has_a_validation_auroc(tmp_path):
+    # Every problem's candidates all pass or all fail, so every fold's validation set has one class.
+    ws = workspace(tmp_path, "one-class", {"folds": 2, "epochs": 2, "patience": 2, "batch_size": 8, "hidden": 4})
+    labels = [{**json.loads(line), "passed": int(json.loads(line)["problem_id"][-1]) % 2 == 0}
+              for line in (ws / "data/labels.jsonl").read_text().splitlines()]
+    (ws / "data/labels.jsonl").write_text("".join(json.dumps(lab) + "\n" for lab in labels))
+    done = run_train(ws)
+    assert done.returncode == 0, done.stderr[-2000:]
+    metrics = json.loads((ws / "metrics/train.json").read_text())
+    assert metrics["val_auroc"] is None and metrics["hybrid_val_auroc"] is None
+    assert metrics["val_accuracy"] is not None  # accuracy is defined with one class
+    assert "validation AUROC n/a" in done.stdout

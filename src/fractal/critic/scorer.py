@@ -1,9 +1,9 @@
 """Scoring candidates with a trained critic loaded from its directory (models/critic, or
 the copy MLflow registers: critic.json and each fold's best.pt are all it needs).
 
-The inputs and models are rebuilt with the functions the train stage used
-(crossfit.build_inputs, crossfit.build_model, train.predict), so on the same problems and
-generations the scores equal data/scores.jsonl:
+The inputs and models are rebuilt from critic.json (critic/config.py) with the functions
+the train stage used (crossfit.build_inputs, model.build_model, train.predict), so on the
+same problems and generations the scores equal data/scores.jsonl:
 - a problem that a fold scored in cross-fitting is scored by that fold's best model
   (Score.fold is that fold), so the score still comes from a critic that never saw it;
 - a problem no fold scored (a new problem, or one the folds=0 protocol fitted on) gets the
@@ -14,7 +14,6 @@ candidate of a problem: a subset gets other features, hence other scores.
 """
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from pathlib import Path
 from typing import Callable
@@ -23,22 +22,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from fractal.critic.crossfit import METHODS, Inputs, build_head, build_inputs, build_model, resolve_device
+from fractal.critic.config import CONFIG_FILE, HOW_TO_GET, CriticConfig
+from fractal.critic.crossfit import Inputs, build_inputs
 from fractal.critic.embed import Encoder
+from fractal.critic.model import build_head, build_model, resolve_device
 from fractal.critic.train import predict
-from fractal.params import TrainParams
 from fractal.records import Generation, Problem, Score
 
 NEW_PROBLEM_FOLD = -1  # Score.fold of a score averaged over all folds' critics
-
-_REQUIRED = ("backbone", "method", "features", "max_length", "prompt_tokens", "hidden", "folds")
-# critic.json written before these keys were recorded: the train params' defaults then,
-# which were the only values any exported critic could have been built with unless
-# params.yaml overrode them (dropout and lora_r only shape training; the batch sizes and
-# precision change scores within float tolerance at most).
-_OLDER_DEFAULTS = {"dropout": TrainParams.dropout, "lora_r": TrainParams.lora_r, "batch_size": TrainParams.batch_size,
-                   "embed_batch_size": TrainParams.embed_batch_size, "precision": "auto"}
-_HOW_TO_GET = "run `dvc pull models/critic` to fetch it, or `dvc repro train` to train it"
 
 
 class Critic:
@@ -50,21 +41,21 @@ class Critic:
     critic's folds are whole backbones, so they are loaded a fold at a time per call and
     not kept (memory stays one backbone)."""
 
-    def __init__(self, directory: Path, config: dict, device: str):
+    def __init__(self, directory: Path, config: CriticConfig, device: str | None):
         self.directory = directory
         self.config = config  # critic.json
-        self.device, self.precision, self._autocast = resolve_device(config["precision"], device)
-        self.encoder = Encoder(config["backbone"], config["max_length"], config["prompt_tokens"])
+        self.device, self.precision, self._autocast = resolve_device(config.precision, device)
+        self.encoder = Encoder(config.backbone, config.max_length, config.prompt_tokens)
         self._heads: dict[int, torch.nn.Module] = {}  # fold index -> its best head, once loaded
 
     def load_models(self) -> None:
         """Loads now what scoring keeps (the tokenizer; for a head critic the encoder and
         every fold's head), so the first score is as fast as the next."""
         self.encoder.tokenizer
-        if self.config["method"] == "head":
+        if self.config.method == "head":
             self.encoder.model
-            for fold in self.config["folds"]:
-                self._head(fold["index"])
+            for fold in self.config.folds:
+                self._head(fold.index)
 
     def score(self, problems: list[Problem], generations: list[Generation],
               cache_dir: str | Path | None = None) -> list[Score]:
@@ -84,28 +75,28 @@ class Critic:
         index_of: dict[str, list[int]] = defaultdict(list)
         for i, g in enumerate(generations):
             index_of[g.problem_id].append(i)
-        fold_of = {pid: f["index"] for f in self.config["folds"] for pid in f["scored"]}
+        fold_of = {pid: f.index for f in self.config.folds for pid in f.scored}
         new = [i for pid, idx in index_of.items() if pid not in fold_of for i in idx]
 
         probability: dict[int, float] = {}
         fold_given: dict[int, int] = {}
         total_new = np.zeros(len(new))
         inputs = build_inputs(self.config, problem_of, generations, cache_dir, encoder=self.encoder)
-        batch_size = self.config["batch_size"]
-        for fold in tqdm(self.config["folds"], desc="score", unit="fold", leave=False):
+        batch_size = self.config.batch_size
+        for fold in tqdm(self.config.folds, desc="score", unit="fold", leave=False):
             # The same candidates in the same order as train_fold scored: the same batches.
-            scored = [i for pid in fold["scored"] for i in index_of.get(pid, [])]
+            scored = [i for pid in fold.scored for i in index_of.get(pid, [])]
             if not scored and not new:
                 continue
-            model = self._fold_model(fold["index"], inputs)
+            model = self._fold_model(fold.index, inputs)
             if scored:
                 p = predict(model, inputs.batches, scored, batch_size, self.device, self._autocast)
                 probability.update(zip(scored, p.tolist()))
-                fold_given.update((i, fold["index"]) for i in scored)
+                fold_given.update((i, fold.index) for i in scored)
             if new:
                 total_new += predict(model, inputs.batches, new, batch_size, self.device, self._autocast)
             del model
-        mean_new = total_new / len(self.config["folds"])
+        mean_new = total_new / len(self.config.folds)
         probability.update(zip(new, mean_new.tolist()))
         fold_given.update((i, NEW_PROBLEM_FOLD) for i in new)
 
@@ -115,7 +106,7 @@ class Critic:
         return scores
 
     def _fold_model(self, index: int, inputs: Inputs) -> torch.nn.Module:
-        if self.config["method"] == "head":
+        if self.config.method == "head":
             return self._head(index)
         return self._load_fold(index, lambda state: build_model(self.config, inputs))
 
@@ -131,33 +122,20 @@ class Critic:
             model = build(state["model"]).to(self.device)
             model.load_state_dict(state["model"])
         except (RuntimeError, KeyError) as e:
-            raise ValueError(f"{path}: its weights do not fit the critic {self.directory / 'critic.json'} describes "
-                             f"({str(e)[:300]}); the directory mixes two trainings, {_HOW_TO_GET}") from None
+            raise ValueError(f"{path}: its weights do not fit the critic {self.directory / CONFIG_FILE} describes "
+                             f"({str(e)[:300]}); the directory mixes two trainings, {HOW_TO_GET}") from None
         model.eval()
         return model
 
 
 def load_critic(directory: str | Path, device: str | None = None) -> Critic:
-    """The critic exported by the train stage (crossfit.export) to `directory`. `device`:
-    where to score (default: the GPU when there is one, else the CPU)."""
+    """The critic exported by the train stage (crossfit.export) to `directory`: its
+    critic.json (CriticConfig.read) and every fold's best weights. `device`: where to score
+    (default: the GPU when there is one, else the CPU)."""
     directory = Path(directory)
-    config_path = directory / "critic.json"
-    if not config_path.is_file():
-        raise FileNotFoundError(f"{config_path}: missing, so {directory} holds no critic; {_HOW_TO_GET}")
-    try:
-        stored = json.loads(config_path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{config_path}:{e.lineno}: not valid JSON ({e.msg}); {_HOW_TO_GET}") from None
-    absent = [k for k in _REQUIRED if k not in stored]
-    if absent:
-        raise ValueError(f"{config_path}: has no {absent[0]!r}, which the scorer needs; {_HOW_TO_GET}")
-    if stored["method"] not in METHODS:
-        raise ValueError(f"{config_path}: method is {stored['method']!r}, not one of {', '.join(METHODS)}; "
-                         f"{_HOW_TO_GET}")
-    if not stored["folds"]:
-        raise ValueError(f"{config_path}: lists no folds; {_HOW_TO_GET}")
-    for fold in stored["folds"]:
-        best = directory / f"fold-{fold['index']}" / "best.pt"
+    config = CriticConfig.read(directory / CONFIG_FILE)
+    for fold in config.folds:
+        best = directory / f"fold-{fold.index}" / "best.pt"
         if not best.is_file():
-            raise FileNotFoundError(f"{best}: missing (critic.json lists fold {fold['index']}); {_HOW_TO_GET}")
-    return Critic(directory, {**_OLDER_DEFAULTS, **stored}, device)
+            raise FileNotFoundError(f"{best}: missing ({CONFIG_FILE} lists fold {fold.index}); {HOW_TO_GET}")
+    return Critic(directory, config, device)

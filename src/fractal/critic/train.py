@@ -3,6 +3,7 @@
 Two kinds of critic share the loop:
 - head (default, CPU): a small MLP on frozen, cached encoder embeddings (critic/features.py);
 - full / lora: the backbone itself fine-tuned with a one-logit classification head (GPU).
+The models themselves are built in critic/model.py; this loop gets a function that builds one.
 
 Each fold's run keeps a checkpoint per epoch (model, optimizer, history) in `run_dir`; a
 killed run resumes from the last complete epoch and, because every epoch's randomness is
@@ -27,23 +28,6 @@ from fractal.critic.folds import Fold
 from fractal.params import TrainParams
 from fractal.ranking import auroc  # None when the validation problems have one class only
 from fractal.records import atomic_path
-
-
-class Head(nn.Module):
-    """MLP (or logistic regression with hidden=0) on standardised features."""
-
-    def __init__(self, n_in: int, hidden: int, dropout: float, mean: np.ndarray, std: np.ndarray):
-        super().__init__()
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32))
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32))
-        if hidden:
-            self.net = nn.Sequential(nn.Dropout(dropout), nn.Linear(n_in, hidden), nn.GELU(),
-                                     nn.Dropout(dropout), nn.Linear(hidden, 1))
-        else:
-            self.net = nn.Linear(n_in, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net((x - self.mean) / self.std).squeeze(-1)
 
 
 @dataclass
@@ -89,6 +73,11 @@ def predict(model: nn.Module, batches: Batches, indices: list[int], batch_size: 
                 logits = model(**inputs)
             out[pos] = torch.sigmoid(logits.float()).cpu().numpy()
     return out
+
+
+def _shown(value: float | None) -> str:
+    # auroc is None when the validation problems' candidates all pass or all fail.
+    return "n/a (one class)" if value is None else f"{value:.4f}"
 
 
 def _fault_injection_step() -> int:
@@ -166,7 +155,7 @@ def train_fold(fold: Fold, index_of: dict[str, list[int]], labels: np.ndarray, b
             torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch,
                         "history": history, "best_auroc": best_auroc, "best_epoch": best_epoch}, tmp)
         print(f"train: fold {fold.index} epoch {epoch + 1}: loss {row['train_loss']:.4f} "
-              f"val loss {val_loss:.4f} val AUROC {row['val_auroc']:.4f} acc {row['val_accuracy']:.3f}")
+              f"val loss {val_loss:.4f} val AUROC {_shown(row['val_auroc'])} acc {row['val_accuracy']:.3f}")
 
     best = torch.load(run_dir / "best.pt", map_location=device, weights_only=False)
     model.load_state_dict(best["model"])
