@@ -172,7 +172,7 @@ def fit_and_score(problems: list[Problem], generations: list[Generation], labels
         fit = [i for pid in fold.fit for i in index_of[pid]]
         if config["method"] == "head":  # a few features: fitted full-batch (critic/train.py)
             results.append(fit_head(fold, index_of, y, partial(build_model, config, inputs, fit), inputs.features,
-                                    params, work_dir / f"fold-{fold.index}"))
+                                    inputs.batches, params, work_dir / f"fold-{fold.index}"))
             continue
         results.append(train_fold(fold, index_of, y, partial(build_model, config, inputs, fit), inputs.batches,
                                   params, work_dir / f"fold-{fold.index}", device, autocast))

@@ -108,7 +108,7 @@ _head_evaluations = 0  # loss evaluations of fit_head in this process, for the f
 
 
 def fit_head(fold: Fold, index_of: dict[str, list[int]], labels: np.ndarray, build_model: Callable[[], nn.Module],
-             features: torch.Tensor, params: TrainParams, run_dir: Path) -> FoldResult:
+             features: torch.Tensor, batches: Batches, params: TrainParams, run_dir: Path) -> FoldResult:
     """Fits one fold's head critic full-batch and scores the fold's problems.
 
     The objective is the (class-balanced, as `balance` says) log loss over every fit
@@ -179,7 +179,8 @@ def fit_head(fold: Fold, index_of: dict[str, list[int]], labels: np.ndarray, bui
                         "fitter": HEAD_FITTER}, tmp)
         print(f"train: fold {fold.index}: fitted in {evaluations} L-BFGS evaluations: loss {train_loss:.4f} "
               f"val loss {row['val_loss']:.4f} val AUROC {_fmt(row['val_auroc'])} acc {row['val_accuracy']:.3f}")
-    p_scored = _probabilities(model, features[scored])
+    # Scored in the batches the scorer (critic/scorer.py) uses, so its scores equal these.
+    p_scored = predict(model, batches, scored, params.batch_size, "cpu", None)
     return FoldResult(fold.index, 1, history, dict(zip(scored, p_scored.tolist())))
 
 
