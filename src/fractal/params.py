@@ -346,9 +346,11 @@ class TrainParams:
     # The hybrid critic (head, cross-fitted like the critic): the same training with these
     # features, `execution` being what the probe stage saw each candidate do.
     hybrid_features: list[str] = dataclasses.field(default_factory=lambda: ["consensus", "execution"])
+    # epochs, patience, lr and dropout shape the full / lora fine-tuning loop only: the head
+    # is fitted full-batch by L-BFGS (critic/train.py fit_head), where weight_decay is an L2 penalty.
     epochs: int = param(30, min=1)
     patience: int = param(5, min=1)  # epochs without a better validation AUROC before stopping
-    batch_size: int = param(64, min=1)
+    batch_size: int = param(64, min=1)  # head: scoring batches only
     lr: float = param(1e-3, gt=0)
     weight_decay: float = param(0.01, min=0)
     hidden: int = param(16, min=0)  # head: hidden units of the MLP (0: logistic regression)
