@@ -3,6 +3,7 @@ resumes to the same result as an uninterrupted one."""
 import json
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -118,6 +119,25 @@ def test_killed_train_resumes_to_the_same_result(tmp_path):
     second = run_train(killed)
     assert second.returncode == 0, second.stderr[-2000:]
     assert "fold 0: resuming after epoch 1" in second.stdout
+    assert result(killed) == result(whole)
+
+
+def test_killed_lbfgs_train_resumes_to_the_same_result(tmp_path):
+    params = {"folds": 2, "hidden": 16, "head_fit": "lbfgs"}
+    whole = workspace(tmp_path, "whole", params)
+    done = run_train(whole)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+    killed = workspace(tmp_path, "killed", params)
+    # head_fit lbfgs: the head is fitted full-batch (critic/train.py fit_head); a kill a few loss evaluations
+    # into fold 1 leaves fold 0 fitted, and the rerun keeps it and fits fold 1 afresh.
+    fold0 = int(re.search(r"fold 0: fitted in (\d+) L-BFGS evaluations", done.stdout).group(1))
+    first = run_train(killed, FRACTAL_FAULT_KILL_AT_STEP=str(fold0 + 3))
+    assert first.returncode == -9, first.stderr[-2000:]
+    assert not (killed / "metrics/train.json").exists() and not (killed / "models/critic").exists()
+    second = run_train(killed)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert "fold 0: fitted already" in second.stdout and "fold 1: fitted in" in second.stdout
     assert result(killed) == result(whole)
 
 

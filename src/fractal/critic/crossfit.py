@@ -27,7 +27,7 @@ from fractal.critic.features import build_features
 from fractal.critic.folds import make_folds
 from fractal.critic.inputs import critic_input, encode, pad_batch
 from fractal.critic.model import build_model, resolve_device
-from fractal.critic.train import Batches, FoldResult, train_fold
+from fractal.critic.train import Batches, FoldResult, fit_head, train_fold
 from fractal.params import ParamsError, TrainParams
 from fractal.records import Generation, Label, Problem, Score, atomic_folder
 
@@ -118,6 +118,10 @@ def fit_and_score(problems: list[Problem], generations: list[Generation], labels
     results = []
     for fold in folds:
         fit = [i for pid in fold.fit for i in index_of[pid]]
+        if config["method"] == "head" and params.head_fit == "lbfgs":  # few features: one batch (critic/train.py)
+            results.append(fit_head(fold, index_of, y, partial(build_model, config, inputs, fit), inputs.features,
+                                    inputs.batches, params, work_dir / f"fold-{fold.index}"))
+            continue
         results.append(train_fold(fold, index_of, y, partial(build_model, config, inputs, fit), inputs.batches,
                                   params, work_dir / f"fold-{fold.index}", device, autocast))
     scores = [Score(problem_id=generations[i].problem_id, sample=generations[i].sample, score=s, fold=r.fold)

@@ -36,7 +36,9 @@ def build_features(embeddings: np.ndarray, problem_ids: list[str], codes: list[s
     centered = np.zeros_like(embeddings)
     consensus = np.zeros((len(problem_ids), 3), dtype=np.float32)
     for pid, idx in groups.items():
-        e = embeddings[idx]
+        # In float64: the problem's mean is then the same whatever order its candidates come
+        # in (a float32 sum is not), so a scorer given them shuffled gets the same features.
+        e = embeddings[idx].astype(np.float64)
         mean = e.mean(0)
         centered[idx] = e - mean
         norm = np.linalg.norm(mean) or 1.0
