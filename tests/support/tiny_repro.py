@@ -42,8 +42,10 @@ class MlflowServer:
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 120) -> "MlflowServer":
-        """Starts it and waits for /health; RuntimeError with the server's log if it does not answer."""
+    def start(self, timeout: float = 300) -> "MlflowServer":
+        """Starts it and waits for /health; RuntimeError with the server's log if it does not
+        answer. The wait is long because on a loaded 2-core machine (load 15) the server took
+        over 120 s to answer; on a quiet one it answers in seconds."""
         log = open(self.work / "server.log", "wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
