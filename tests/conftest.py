@@ -5,6 +5,10 @@ whose Lambda is the double) and the toy repository configured to run on it (`lam
 The sshd is Debian's openssh-server, started by the tests as a child process with its own
 config, host key and authorized_keys in a temp dir (CI installs it: apt-get install
 openssh-server rsync). The double and the sshd live in tests/support/double.py.
+
+And the end-to-end tests' shared starting point: a real MLflow server on loopback
+(`mlflow_server`) and one tracked `dvc repro` of the tiny default profile (`tiny_repro`,
+read-only; tests/support/tiny_repro.py says why and how a test that changes it copies it).
 """
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ import pytest
 
 from support.double import LambdaDouble, LoopbackSSHD, make_keypair
 from support.remote import TOY_DVC, TOY_STAGE, ToyRepo
+from support.tiny_repro import MlflowServer, TinyRepro, reproduce_tiny
 
 _missing = [tool for tool in ("sshd", "rsync", "ssh", "ssh-keygen", "git")
             if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists()]
@@ -92,3 +97,22 @@ def lambda_repo(tmp_path: Path, lambda_env: dict[str, str], sshd: LoopbackSSHD,
     subprocess.run([*git, "commit", "-qm", "toy"], cwd=repo, check=True)
     monkeypatch.chdir(repo)
     return toy
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The URL of a real MLflow tracking server (SQLite backend, proxied artifacts) on loopback."""
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow-server"))
+    try:
+        server.start()
+    except RuntimeError as e:
+        pytest.fail(str(e))
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def tiny_repro(tmp_path_factory: pytest.TempPathFactory, mlflow_server: str) -> TinyRepro:
+    """The tiny default profile reproduced once per session, tracked on `mlflow_server`.
+    Read-only: a test that changes it works on support.tiny_repro.copy_reproduced(...)."""
+    return reproduce_tiny(tmp_path_factory.mktemp("tiny-repro"), mlflow_server)

@@ -1,5 +1,6 @@
 """End to end with the default (replay) profile, shrunk: a real `dvc repro` in a copy of the
-repository, then what DVC reruns when a param changes."""
+repository (the session's `tiny_repro`, tests/conftest.py), then what DVC reruns when a param
+changes."""
 from __future__ import annotations
 
 import json
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from repo_copy import copy_repo, shrink_default_profile
+from support.tiny_repro import copy_reproduced
 
 pytestmark = pytest.mark.slow
 
@@ -34,14 +35,12 @@ def _stages() -> set[str]:
 @pytest.mark.skipif(not {"gentests", "probe"} <= _stages(),
                     reason="train and rank read data/generated_tests.jsonl and data/probe.jsonl: needs the gentests and "
                            "probe stages of issue 19 (items 1-2) in dvc.yaml")
-def test_tiny_default_profile_end_to_end(tmp_path):
-    repo = tmp_path / "repo"
-    copy_repo(repo)
-    shrink_default_profile(repo)
-    subprocess.run(["git", "add", "-A"], cwd=repo, check=True)
-    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny"], cwd=repo, check=True)
-
-    first = ran(dvc(repo, "repro"))
+def test_tiny_default_profile_end_to_end(tiny_repro, tmp_path):
+    # The first repro is the session's (tests/support/tiny_repro.py: the same shrunk profile,
+    # tracked on an MLflow server); what follows changes the repository, so runs on a copy,
+    # in which MLflow tracking goes where the environment says (unset: the repository's mlflow.db).
+    repo = copy_reproduced(tiny_repro.repo, tmp_path / "repo")
+    first = tiny_repro.first_ran
     assert sorted(first) == sorted(["prepare", "generate", "label", "gentests", "probe", "embed", "train", "rank", "report"])
     assert first.index("embed") < first.index("train") < first.index("rank") and first.index("probe") < first.index("train")
     label = json.loads((repo / "metrics/label.json").read_text())

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -17,7 +15,8 @@ import yaml
 
 from fractal import tracking
 from fractal.records import Generation, Problem, Score, read_jsonl
-from repo_copy import copy_repo, shrink_default_profile
+from support.tiny_repro import copy_reproduced
+from support.tiny_repro import git as _git, ran as _ran, run as _run, tracking_env as _env
 
 
 # ---------------------------------------------------------------------------------------
@@ -119,78 +118,17 @@ def test_tracking_can_be_switched_off(tmp_path, monkeypatch):
 # ---------------------------------------------------------------------------------------
 # End to end
 # ---------------------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+# The MLflow server (`mlflow_server`) and the tiny profile's tracked repro (`tiny_repro`) are
+# session fixtures (tests/conftest.py, tests/support/tiny_repro.py): test_pipeline.py starts
+# from the same repro.
 
 
 @pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory):
-    """A real MLflow tracking server (SQLite backend, proxied artifacts) on loopback."""
-    work = tmp_path_factory.mktemp("mlflow-server")
-    port = _free_port()
-    log = open(work / "server.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-                             "--backend-store-uri", f"sqlite:///{work}/mlflow.db",
-                             "--artifacts-destination", str(work / "artifacts"), "--workers", "1"],
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"mlflow server exited: {(work / 'server.log').read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail(f"mlflow server did not answer: {(work / 'server.log').read_text()[-3000:]}")
-    yield url
-    os.killpg(proc.pid, 15)
-    proc.wait(timeout=30)
-
-
-def _env(server: str, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DVC_", "MLFLOW_"))}
-    return {**env, "FRACTAL_EXECUTOR": "local", "HF_HUB_OFFLINE": "1", "MLFLOW_TRACKING_URI": server,
-            "MLFLOW_EXPERIMENT_NAME": "tiny", **extra}
-
-
-def _run(cmd: list[str], cwd: Path, env: dict[str, str], timeout: float = 900) -> str:
-    r = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    assert r.returncode == 0, f"{' '.join(cmd)} failed:\n{r.stdout[-4000:]}\n{r.stderr[-4000:]}"
-    return r.stdout + r.stderr
-
-
-def _ran(output: str) -> list[str]:
-    return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")]
-
-
-def _git(repo: Path, *args: str) -> str:
-    return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=repo, check=True,
-                          capture_output=True, text=True).stdout.strip()
-
-
-@pytest.fixture(scope="module")
-def tiny_repo(tmp_path_factory, mlflow_server):
-    """The default profile shrunk, reproduced once with tracking on the server."""
-    repo = tmp_path_factory.mktemp("tracking") / "repo"
-    copy_repo(repo)
-    shrink_default_profile(repo)
-    store = repo.parent / "dvc-store"
-    _run(["dvc", "remote", "add", "-f", "-d", "local", str(store)], repo, _env(mlflow_server))
-    _git(repo, "add", "-A")
-    _git(repo, "commit", "-qm", "tiny")
-    out = _run(["dvc", "repro"], repo, _env(mlflow_server))
-    assert sorted(_ran(out)) == sorted(["prepare", "generate", "label", "gentests", "probe", "embed", "train", "rank",
-                                        "report"])
-    _git(repo, "add", "-A")
-    _git(repo, "commit", "-qm", "tiny results")
-    return repo
+def tiny_repo(tiny_repro):
+    """The default profile shrunk, reproduced once with tracking on the server (read-only)."""
+    assert sorted(tiny_repro.first_ran) == sorted(["prepare", "generate", "label", "gentests", "probe", "embed", "train",
+                                                   "rank", "report"])
+    return tiny_repro.repo
 
 
 def _client(server: str):
@@ -388,8 +326,10 @@ def test_an_ssh_remote_on_the_loopback_sshd_pushes_and_pulls(tiny_repo, mlflow_s
 
 
 @pytest.mark.slow
-def test_two_queued_experiments_run_at_once_and_land_in_mlflow_apart(tiny_repo, mlflow_server):
+def test_two_queued_experiments_run_at_once_and_land_in_mlflow_apart(tiny_repo, mlflow_server, tmp_path):
     env = _env(mlflow_server)
+    # A copy: the queue's runs would otherwise land in the shared repro's run-cache and git refs.
+    tiny_repo = copy_reproduced(tiny_repo, tmp_path / "repo")
     for seed in (1, 2):
         _run(["dvc", "exp", "run", "--queue", "-S", f"train.seed={seed}"], tiny_repo, env)
     _run(["dvc", "queue", "start", "-j", "2"], tiny_repo, env)
