@@ -74,6 +74,50 @@ def test_head_critic_learns_and_is_repeatable(tmp_path):
     assert s[y].mean() > s[~y].mean() + 0.1  # it learned something that transfers across problems
 
 
+def test_a_row_is_its_prompt_and_its_code_each_embedded_alone(tmp_path, monkeypatch):
+    """[prompt; code] / sqrt(2), each half the encoder's own embedding of that text alone,
+    whatever else shares its batch; each distinct text embedded once; a cached rerun loads no model."""
+    import fractal.critic.embed as embed_module
+    from fractal.critic.embed import Encoder, embed
+    from fractal.critic.inputs import CriticInput, encode_texts
+
+    prompts = ["def f(x):\n    \"\"\"Add one.\"\"\"\n", "def g(s):\n    \"\"\"Reverse s.\"\"\"\n"]
+    codes = ["    return x + 1\n", "    return s[::-1]\n" + "    # long\n" * 40, "    return x + 1\n"]
+    items = [CriticInput(prompts[0], codes[0]), CriticInput(prompts[0], codes[1]), CriticInput(prompts[1], codes[2]),
+             CriticInput(prompts[1], codes[1]), CriticInput(prompts[0], codes[0])]
+    encoder = Encoder("minilm", 64, 8)
+    seen = []
+    batch = encoder.batch
+    monkeypatch.setattr(encoder, "batch", lambda ids: seen.extend(ids) or batch(ids))
+    rows = embed(items, "minilm", 64, 8, 2, tmp_path / "cache", encoder)
+    assert len(seen) == 2 + 2  # two prompts, two distinct codes (codes[0] == codes[2])
+
+    def alone(text, limit):  # one text, batch of one: no neighbour, no padding
+        return batch(encode_texts(encoder.tokenizer, [text], limit))[0]
+
+    assert len(encode_texts(encoder.tokenizer, [prompts[0]], 10)[0]) == 10  # the prompt is cut to 8 + 2 specials
+    for it, row in zip(items, rows):
+        want = np.concatenate([alone(it.prompt, 10), alone(it.code, 64)]) / np.sqrt(2)
+        np.testing.assert_allclose(row, want, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(rows, axis=1), 1, atol=1e-6)
+    np.testing.assert_array_equal(rows[0, 384:], rows[2, 384:])  # the same code, two problems: one vector
+
+    monkeypatch.setattr(embed_module, "load_encoder", lambda *a: pytest.fail("everything was cached"))
+    np.testing.assert_array_equal(embed(items, "minilm", 64, 8, 2, tmp_path / "cache"), rows)
+
+
+def test_embeddings_of_the_joint_layout_are_refused(tmp_path):
+    from fractal.critic.embed import INDEX, load_embeddings, save_embeddings
+
+    save_embeddings(tmp_path, np.eye(2, dtype=np.float32), [("a", 0), ("a", 1)], {"backbone": "minilm"})
+    np.testing.assert_array_equal(load_embeddings(tmp_path, [("a", 1)], {"backbone": "minilm"}), [[0, 1]])
+    index = json.loads((tmp_path / INDEX).read_text())
+    del index["layout"]  # as the embed stage wrote them before the prompt+code layout
+    (tmp_path / INDEX).write_text(json.dumps(index))
+    with pytest.raises(ValueError, match=r"index\.json: vectors of layout 'joint.*dvc repro embed"):
+        load_embeddings(tmp_path, [("a", 1)])
+
+
 def workspace(tmp_path: Path, name: str, params: dict) -> Path:
     ws = tmp_path / name
     problems, generations, labels = toy_data(8, 12)

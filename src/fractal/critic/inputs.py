@@ -1,8 +1,10 @@
-"""What the critic reads: the problem prompt and the candidate's code, tokenized with a
-truncation policy that keeps the code.
+"""What the critic reads: the problem prompt and the candidate's code.
 
-The prompt is cut first (to at most `prompt_tokens`), then the code from its end, so a
-long docstring never pushes the candidate out of the window.
+The frozen-encoder (head) critic embeds them apart (`encode_texts`): the prompt once per
+problem, cut to `prompt_tokens`, and each distinct code once, cut from its end to
+`max_length`, so the prompt costs nothing per candidate and never pushes the code out of
+the window. Fine-tuned critics read them as one pair (`encode`): the prompt is cut first
+(to at most `prompt_tokens`), then the code from its end.
 """
 from __future__ import annotations
 
@@ -36,6 +38,15 @@ def encode(tokenizer, item: CriticInput, max_length: int, prompt_tokens: int) ->
     if len(enc["input_ids"]) > prompt_tokens:
         prompt = item.prompt[: enc["offset_mapping"][prompt_tokens][0]]
     return tokenizer(prompt, item.code, truncation="only_second", max_length=max_length)["input_ids"]
+
+
+def encode_texts(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
+    """Token ids of each text on its own, in the model's single-text format (e.g. [CLS] text
+    [SEP]), cut from the end to `max_length` ids: one batched tokenizer call (the fast
+    tokenizer's Rust loop, not one Python call per text)."""
+    if not texts:
+        return []
+    return tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
 
 
 def pad_batch(sequences: list[list[int]], pad_token_id: int) -> dict[str, torch.Tensor]:
