@@ -418,3 +418,17 @@ def test_train_stage_runs_when_no_fold_has_a_validation_auroc(tmp_path):
     assert metrics["val_auroc"] is None and metrics["hybrid_val_auroc"] is None
     assert metrics["val_accuracy"] is not None  # accuracy is defined with one class
     assert "validation AUROC n/a" in done.stdout
+
+
+@pytest.mark.parametrize("head_fit", ["epochs", "lbfgs"])
+def test_two_runs_export_byte_identical_critics(runs_dir, head_fit):
+    # models/critic is a DVC output: the same run must hash the same, so no wall-clock seconds
+    # may reach the exported checkpoints (they stay in plots/train, which is not cached).
+    params = TrainParams(folds=2, epochs=2, patience=2, batch_size=16, hidden=8, features=["consensus"],
+                         head_fit=head_fit)
+    _, _, _, first = train_and_export(runs_dir, f"twice-a-{head_fit}", params)
+    _, _, _, second = train_and_export(runs_dir, f"twice-b-{head_fit}", params)
+    files = sorted(p.relative_to(first) for p in first.rglob("*") if p.is_file())
+    assert files and files == sorted(p.relative_to(second) for p in second.rglob("*") if p.is_file())
+    for f in files:
+        assert (first / f).read_bytes() == (second / f).read_bytes(), f

@@ -130,6 +130,12 @@ def fit_and_score(problems: list[Problem], generations: list[Generation], labels
     return CriticRun(scores, results, config)
 
 
+def _timeless(metrics: dict) -> dict:
+    """An epoch's metrics without its wall-clock seconds, which differ on every run: the
+    exported checkpoints, and so models/'s DVC hashes, are then the same for the same run."""
+    return {k: v for k, v in metrics.items() if k != "seconds"}
+
+
 def export(run: CriticRun, work_dir: str | Path, out_dir: str | Path) -> None:
     """Writes the DVC-tracked critic: per fold, each epoch's weights and the best, plus
     critic.json. Written beside out_dir and swapped in (records.atomic_folder), so a kill
@@ -143,7 +149,12 @@ def export(run: CriticRun, work_dir: str | Path, out_dir: str | Path) -> None:
             dst.mkdir()
             for ckpt in sorted(src.glob("epoch-*.pt")):
                 state = torch.load(ckpt, map_location="cpu", weights_only=False)
-                torch.save({"model": state["model"], "epoch": state["epoch"], "metrics": state["history"][-1]}, dst / ckpt.name)
-            shutil.copy2(src / "best.pt", dst / "best.pt")
+                torch.save({"model": state["model"], "epoch": state["epoch"], "metrics": _timeless(state["history"][-1])},
+                           dst / ckpt.name)
+            best = torch.load(src / "best.pt", map_location="cpu", weights_only=False)
+            best["metrics"] = _timeless(best["metrics"])
+            if "history" in best:  # the L-BFGS fit keeps its one-row history there
+                best["history"] = [_timeless(h) for h in best["history"]]
+            torch.save(best, dst / "best.pt")
         config = replace(run.config, best_epochs={r.fold: r.best_epoch for r in run.folds})
         config.write(tmp / CONFIG_FILE)
