@@ -326,18 +326,20 @@ def test_critic_json_without_the_later_keys_still_loads(runs_dir):
 
 # --- critic.json: the typed config both training and scoring read ---
 
-# critic.json as the train stage has written it since dropout, lora_r, the batch sizes and
-# the precision were recorded (models registered in MLflow hold such files).
+# critic.json as the train stage writes it: since dropout, lora_r, the batch sizes and the
+# precision were recorded, and since the embeddings' layout was (models registered in MLflow
+# hold such files).
 TODAY = {"backbone": "minilm", "method": "head", "features": ["consensus", "execution"], "max_length": 384,
          "prompt_tokens": 128, "hidden": 16, "dropout": 0.1, "lora_r": 16, "batch_size": 64, "embed_batch_size": 32,
-         "precision": "fp32",
+         "precision": "fp32", "embedding_layout": "prompt+code",
          "folds": [{"index": 0, "fit": ["HumanEval/1", "HumanEval/2"], "validation": ["HumanEval/3"],
                     "scored": ["HumanEval/4"]},
                    {"index": 1, "fit": ["HumanEval/3", "HumanEval/4"], "validation": ["HumanEval/1"],
                     "scored": ["HumanEval/2"]}],
          "best_epochs": {"0": 7, "1": 12}}
 # The first exported format: no dropout, lora_r, batch sizes or precision.
-FIRST = {k: v for k, v in TODAY.items() if k not in ("dropout", "lora_r", "batch_size", "embed_batch_size", "precision")}
+FIRST = {k: v for k, v in TODAY.items()
+         if k not in ("dropout", "lora_r", "batch_size", "embed_batch_size", "precision", "embedding_layout")}
 
 
 def test_critic_json_of_today_reads_typed_and_writes_back_byte_identical(tmp_path):
@@ -379,6 +381,21 @@ def test_a_wrong_critic_json_names_the_file_and_the_key(tmp_path, change, messag
     path.write_text(json.dumps(stored))
     with pytest.raises(CriticConfigError, match=message + r".*dvc pull models/critic"):
         CriticConfig.read(path)
+
+
+def test_a_head_critic_trained_on_the_joint_embeddings_is_refused(runs_dir):
+    # critic.json from before the layout was recorded: its head read joint (prompt, code)
+    # vectors, which this fractal no longer makes; scoring it would be silently wrong.
+    params = TrainParams(folds=2, epochs=1, patience=1, batch_size=16, hidden=0, features=["consensus"])
+    _, _, _, critic_dir = train_and_export(runs_dir, "head-joint", params)
+    config = json.loads((critic_dir / "critic.json").read_text())
+    assert config["embedding_layout"] == "prompt+code"
+    del config["embedding_layout"]
+    (critic_dir / "critic.json").write_text(json.dumps(config))
+    assert CriticConfig.read(critic_dir / "critic.json").embedding_layout == "joint"
+    with pytest.raises(CriticConfigError, match=r"critic\.json: trained on embeddings of layout 'joint'.*"
+                                                r"'prompt\+code'; retrain it \(`dvc repro train`\)"):
+        load_critic(critic_dir)
 
 
 def test_a_critic_json_that_is_not_json_or_absent_says_so(tmp_path):

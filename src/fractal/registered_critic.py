@@ -29,8 +29,8 @@ class CriticModel(mlflow.pyfunc.PythonModel):
 
 
 def _predict(self: CriticModel, context: Any, model_input: Any, params: dict | None = None) -> Any:
-    """All rows in one Critic.score call: each distinct (prompt, code) is embedded once, in
-    batches by length, and each fold's head scores its problems in one pass."""
+    """All rows in one Critic.score call: each problem's prompt and each distinct program are embedded once,
+    in batches by length, and each fold's head scores its problems in one pass."""
     import numpy as np
 
     from fractal.records import Generation, Problem

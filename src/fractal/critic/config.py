@@ -52,17 +52,21 @@ class CriticConfig:
     batch_size: int = TrainParams.batch_size
     embed_batch_size: int = TrainParams.embed_batch_size
     precision: str = "auto"  # as resolved for training (fp32 on the CPU), or auto in older files
+    # head: what a row of the embeddings it was trained on is (critic/embed.py LAYOUT); files
+    # from before it was recorded were trained on the joint (prompt, code) encoding.
+    embedding_layout: str = "joint"
     folds: list[Fold] = dataclasses.field(default_factory=list)
     best_epochs: dict[int, int] = dataclasses.field(default_factory=dict)  # fold index -> best epoch (1-based)
 
     @classmethod
-    def from_params(cls, params: TrainParams, precision: str, folds: list[Fold]) -> CriticConfig:
-        """The config of a critic trained with `params` at the resolved `precision` on `folds`
-        (best_epochs are added once training has found them)."""
+    def from_params(cls, params: TrainParams, precision: str, folds: list[Fold], embedding_layout: str) -> CriticConfig:
+        """The config of a critic trained with `params` at the resolved `precision` on `folds`,
+        on embeddings of `embedding_layout` (best_epochs are added once training has found them)."""
         return cls(backbone=params.backbone, method=params.method, features=list(params.features),
                    max_length=params.max_length, prompt_tokens=params.prompt_tokens, hidden=params.hidden,
                    dropout=params.dropout, lora_r=params.lora_r, batch_size=params.batch_size,
-                   embed_batch_size=params.embed_batch_size, precision=precision, folds=list(folds))
+                   embed_batch_size=params.embed_batch_size, precision=precision,
+                   embedding_layout=embedding_layout, folds=list(folds))
 
     def __getitem__(self, key: str) -> Any:
         # Critic.config was the critic.json dict before it was typed, and callers index it.
@@ -143,6 +147,8 @@ def _check(key: str, value: Any) -> str | None:
         return f"is {value!r}, not a model name or path"
     if key == "method" and value not in METHODS:
         return f"is {value!r}, not one of {', '.join(METHODS)}"
+    if key == "embedding_layout" and not (isinstance(value, str) and value):
+        return f"must be a layout name (a string), got {value!r}"
     if key == "precision" and value not in PRECISIONS:
         return f"is {value!r}, not one of {', '.join(PRECISIONS)}"
     if key == "features" and not _is_strings(value):

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from fractal.critic.config import CONFIG_FILE, METHODS, CriticConfig
-from fractal.critic.embed import Encoder, embed
+from fractal.critic.embed import LAYOUT as EMBEDDING_LAYOUT, Encoder, embed
 from fractal.critic.features import build_features
 from fractal.critic.folds import make_folds
 from fractal.critic.inputs import critic_input, encode, pad_batch
@@ -110,7 +110,7 @@ def fit_and_score(problems: list[Problem], generations: list[Generation], labels
     folds = make_folds([problem_of[pid] for pid in index_of], params.folds, params.fit_splits,
                        params.eval_splits, params.val_fraction, params.seed)
     device, precision, autocast = resolve_device(params.precision)
-    config = CriticConfig.from_params(params, precision, folds)
+    config = CriticConfig.from_params(params, precision, folds, EMBEDDING_LAYOUT)
     # A head is a tiny MLP: threads only add synchronisation (ruinous on a loaded machine).
     torch.set_num_threads(1 if config.method == "head" else max(torch.get_num_threads(), 1))
     inputs = build_inputs(config, problem_of, generations, work_dir.parent / "embeddings", embeddings, execution)

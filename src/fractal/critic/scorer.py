@@ -22,9 +22,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from fractal.critic.config import CONFIG_FILE, HOW_TO_GET, CriticConfig
+from fractal.critic.config import CONFIG_FILE, HOW_TO_GET, CriticConfig, CriticConfigError
 from fractal.critic.crossfit import Inputs, build_inputs
-from fractal.critic.embed import Encoder
+from fractal.critic.embed import LAYOUT as EMBEDDING_LAYOUT, Encoder
 from fractal.critic.model import build_head, build_model, resolve_device
 from fractal.critic.train import predict
 from fractal.records import Generation, Problem, Score
@@ -134,6 +134,11 @@ def load_critic(directory: str | Path, device: str | None = None) -> Critic:
     (default: the GPU when there is one, else the CPU)."""
     directory = Path(directory)
     config = CriticConfig.read(directory / CONFIG_FILE)
+    if config.method == "head" and config.embedding_layout != EMBEDDING_LAYOUT:
+        # Its weights read vectors this fractal no longer makes: scoring would be silently wrong.
+        raise CriticConfigError(f"{directory / CONFIG_FILE}: trained on embeddings of layout "
+                                f"{config.embedding_layout!r}, and this fractal embeds {EMBEDDING_LAYOUT!r}; "
+                                "retrain it (`dvc repro train`), or score it with the fractal version that trained it")
     for fold in config.folds:
         best = directory / f"fold-{fold.index}" / "best.pt"
         if not best.is_file():
