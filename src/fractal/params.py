@@ -283,7 +283,7 @@ class LabelParams:
     # time zeroing memory a candidate allocates (1.1 s of system time for 1 GB on this VM) is bounded by the
     # memory and wall limits instead. The slowest passing CodeGen-16B HumanEval sample (it imports boto3)
     # used 0.08 s of CPU
-    timeout_calls_cpu_floor: float = param(0.2, gt=0)  # user CPU seconds, the floor of the limit on the test calls alone
+    timeout_calls_cpu_floor: float = param(0.5, gt=0)  # user CPU seconds, the floor of the limit on the test calls alone
     # (after the module and its imports loaded). A call that fills 1 GB uses 0.05-0.15 s of user time here,
     # one that builds a 1 GB list 0.19 s; 58 of the 16,400 HumanEval samples loop, and each costs this much
     timeout_cap: float = param(10.0, gt=0, check=_cap_above_floor)  # seconds, both limits
