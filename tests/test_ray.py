@@ -8,6 +8,7 @@ fails at once naming the address."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -26,6 +27,7 @@ import pytest
 from fractal.execution.cluster import ClusterError, batches_of, executor_for
 from fractal.records import Generation
 from repo_copy import copy_repo, shrink_default_profile
+from support.remote import wait_until
 
 ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install -e '.[ray]'")
 psutil = pytest.importorskip("psutil", reason="psutil comes with ray; it finds the second node's raylet")
@@ -152,6 +154,46 @@ def _relabel_from_scratch(repo: Path, executor_yaml: str) -> list[str]:
     (repo / ".fractal/executor.yaml").write_text(executor_yaml)
     (repo / "data/labels.jsonl").unlink()
     return ["dvc", "repro", "--single-item", "--force", "label"]
+
+
+def _ray_processes_of(port: int) -> list[str]:
+    """Command lines of live processes of the Ray cluster whose head listens on `port`."""
+    found = []
+    for p in psutil.process_iter(["cmdline"]):
+        line = " ".join(p.info["cmdline"] or [])
+        if f"127.0.0.1:{port}" in line or ("ray.scripts.scripts start" in line and f"--port {port}" in line):
+            found.append(line[:200])
+    return found
+
+
+@pytest.mark.slow
+def test_label_on_k_lambda_instances_forms_a_ray_cluster_and_terminates_all(tiny, lambda_double, lambda_env, sshd,
+                                                                            sshd_client_key, tmp_path):
+    """lambda.nodes = 2: two "instances" of the Lambda double (both this machine's loopback
+    sshd), a Ray cluster across them started over SSH, label run on the head with the cluster's
+    address: the labels of a local run, byte for byte; both instances terminated; no Ray
+    process of that cluster left (it runs before this module's own cluster starts)."""
+    repo = tmp_path / "repo"
+    shutil.copytree(tiny[0], repo, symlinks=True, ignore=lambda d, names: ["tmp"] if d.endswith("/.dvc") else [])
+    lambda_double.private_ip = "127.0.0.1"
+    port = _free_port()
+    label = {"executor": "lambda", "nodes": 2, "ray_cpus": 1, "ray_port": port}
+    config = {"stages": {"label": label},
+              "lambda": {"instance_types": ["gpu_1x_a100_sxm4"], "ssh_user": sshd.user, "ssh_port": sshd.port,
+                         "ssh_key": str(sshd_client_key[0]), "poll_seconds": 0.1, "watchdog": False,
+                         "boot_timeout_minutes": 1, "retry_seconds": 0.05},
+              "remote": {"root": str(tmp_path / "remote"), "python": sys.executable, "setup": "", "compress": False}}
+    argv = _relabel_from_scratch(repo, json.dumps(config))
+    env = {k: v for k, v in _env().items() if k != "FRACTAL_EXECUTOR"}
+    run = subprocess.run(argv, cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    out = run.stdout + run.stderr
+    assert run.returncode == 0, out[-4000:]
+    assert f"a Ray cluster of 2 nodes at 127.0.0.1:{port}" in out, out[-3000:]
+    assert f"on the Ray cluster at 127.0.0.1:{port} (2 CPUs on 2 node(s))" in out, out[-3000:]
+    assert (repo / "data/labels.jsonl").read_bytes() == tiny[1]
+    assert len(lambda_double.instances) == 2 and lambda_double.running() == [], lambda_double.instances
+    assert "2 instances" in out and "terminated" in out, out[-2000:]
+    assert wait_until(lambda: not _ray_processes_of(port), 10), _ray_processes_of(port)
 
 
 @pytest.mark.slow

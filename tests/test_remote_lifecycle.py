@@ -10,10 +10,12 @@ import time
 
 import pytest
 
-from support.remote import wait_until
+from support.remote import run_fractal, wait_until
 from fractal.remote.api import INSUFFICIENT_CAPACITY, LambdaAPIError, LambdaClient, Retry
 from fractal.remote.config import LambdaSettings
-from fractal.remote.instances import (Registry, acquire, ensure_ssh_key, launch, reap, release, terminate, watch)
+from fractal.remote import instances
+from fractal.remote.instances import (Registry, acquire, acquire_more, ensure_ssh_key, launch, reap, release, terminate,
+                                      watch)
 
 PUBLIC_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHVzZXJrZXlmb3J0ZXN0c29ubHlub3RyZWFsMTIzNDU2 me@laptop"
 
@@ -111,6 +113,76 @@ def test_a_run_that_launched_terminates_at_release_unless_kept(client, lambda_do
     got = acquire(client, settings(ssh_key=str(key)), Registry())
     release(client, got, Registry())
     assert lambda_double.running() == [] and Registry().read() == {}
+
+
+# -- lambda.nodes > 1: the other nodes of a Ray cluster ---------------------------------------
+
+
+def _key(tmp_path):
+    key = tmp_path / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    return str(key)
+
+
+def test_more_nodes_are_launched_in_the_heads_region_held_and_terminated_at_release(client, lambda_double, tmp_path):
+    s = settings(instance_types=["gpu_1x_a10"], ssh_key=_key(tmp_path))
+    registry = Registry()
+    head = acquire(client, s, registry)
+    lambda_double.capacity["gpu_1x_a10"] = ["us-east-1", head.instance.region]  # another region listed first
+    more = acquire_more(client, s, registry, head.instance, 2)
+    assert len(more) == 2 and all(m.launched and m.instance.ready for m in more)
+    assert {m.instance.region for m in more} == {head.instance.region}  # the nodes talk over private IPs
+    assert len({head.instance.id, *(m.instance.id for m in more)}) == 3
+    assert all([h["pid"] for h in registry.read()[m.instance.id]["holders"].values()] == [os.getpid()] for m in more)
+    for each in (head, *more):
+        assert release(client, each, registry) == []
+    assert lambda_double.running() == [] and Registry().read() == {}
+
+
+def test_more_nodes_without_capacity_in_the_heads_region_launch_nothing(client, lambda_double, tmp_path):
+    s = settings(instance_types=["gpu_1x_a10"], ssh_key=_key(tmp_path))
+    registry = Registry()
+    head = acquire(client, s, registry)
+    lambda_double.capacity["gpu_1x_a10"] = [r for r in ("us-west-1", "us-east-1") if r != head.instance.region]
+    with pytest.raises(LambdaAPIError) as e:
+        acquire_more(client, s, registry, head.instance, 1)
+    assert e.value.code == INSUFFICIENT_CAPACITY
+    assert lambda_double.running() == [head.instance.id]
+    release(client, head, registry)
+
+
+def test_interrupted_while_launching_more_nodes_terminates_those_launched(client, lambda_double, tmp_path,
+                                                                          monkeypatch):
+    s = settings(instance_types=["gpu_1x_a10"], ssh_key=_key(tmp_path))
+    registry = Registry()
+    head = acquire(client, s, registry)
+    calls = []
+
+    def launch_then_ctrl_c(*args, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return launch(*args, **kw)
+
+    monkeypatch.setattr(instances, "launch", launch_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        acquire_more(client, s, registry, head.instance, 3)
+    assert len(lambda_double.instances) == 2 and lambda_double.running() == [head.instance.id]
+    assert list(registry.read()) == [head.instance.id]
+    release(client, head, registry)
+
+
+def test_a_ray_cluster_that_cannot_start_terminates_every_instance(lambda_repo, lambda_double):
+    """lambda.nodes = 3 with a remote environment that has no Ray (Debian's python3): one
+    line saying what to set, the stage never started, all three instances terminated."""
+    lambda_repo.remote["python"] = "/usr/bin/python3"
+    lambda_repo.write_config(nodes=3)
+    rc, out = run_fractal(["fractal", "run", "toy"], lambda_repo.path)
+    assert rc == 1, out
+    assert "Ray is not installed in the remote environment: set remote.setup to \"pip install '.[ray]'\"" in out, out
+    assert "toy running" not in out and "Traceback" not in out, out
+    assert len(lambda_double.instances) == 3 and lambda_double.running() == [], out
+    assert "3 instances" in out, out
 
 
 def _record(client, key_name, registry, **entry):

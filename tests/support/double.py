@@ -75,11 +75,13 @@ class _Instance:
 class LambdaDouble:
     """The Lambda Cloud API on http://127.0.0.1:<port>/api/v1, in a thread of this process."""
 
-    def __init__(self, api_keys: set[str], ssh_host: str = "127.0.0.1", *, boot_seconds: float = 0.5,
+    def __init__(self, api_keys: set[str], ssh_host: str = "127.0.0.1", *, private_ip: str = "10.0.0.2",
+                 boot_seconds: float = 0.5,
                  terminate_seconds: float = 0.3, launch_interval: float = 0.0, request_rate: float = 0.0,
                  request_burst: int = 3):
         self.api_keys = set(api_keys)
         self.ssh_host = ssh_host
+        self.private_ip = private_ip  # every instance's (a test of a Ray cluster across "instances": 127.0.0.1)
         self.boot_seconds = boot_seconds
         self.terminate_seconds = terminate_seconds
         self.launch_interval = launch_interval  # the real API: about 12 s between launches (0: no limit)
@@ -360,7 +362,7 @@ class LambdaDouble:
         }
         if status != "booting":  # the API leaves ip out while an instance boots
             d["ip"] = self.ssh_host
-            d["private_ip"] = "10.0.0.2"
+            d["private_ip"] = self.private_ip
         return d
 
 

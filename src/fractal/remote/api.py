@@ -97,6 +97,11 @@ class Instance:
     price_cents_per_hour: int
     raw: dict[str, Any]
 
+    @property
+    def private_ip(self) -> str | None:
+        """Its address on the region's private network (the API sometimes leaves it out)."""
+        return self.raw.get("private_ip") or None
+
     @classmethod
     def from_api(cls, d: dict[str, Any]) -> Instance:
         itype = d.get("instance_type") or {}

@@ -73,6 +73,13 @@ class LambdaSettings:
     # a process there terminates the instance after this long without a stage running, even
     # while this machine sleeps (docs/lambda.md, "A sleeping laptop: the on-instance autostop").
     autostop_minutes: float = 0.0
+    # Above 1: launch (or reuse) this many instances in one region, start a Ray cluster across
+    # them over SSH (the head on the first), run the stage on the head with FRACTAL_RAY_ADDRESS
+    # set, and terminate all of them at the end (docs/ray.md, "On Lambda"). Needs Ray in the
+    # remote environment: remote.setup = "pip install '.[ray]'".
+    nodes: int = param(1, min=1, max=64)
+    ray_port: int = param(6379, min=1, max=65535)  # the head's GCS port on its private IP
+    ray_cpus: int = param(0, min=0)  # CPUs each node offers Ray (0: all of its cores)
 
 
 @dataclasses.dataclass

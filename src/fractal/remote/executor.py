@@ -120,7 +120,7 @@ class RemoteRun:
     """One stage on one target; `execute` returns the stage's exit code."""
 
     def __init__(self, target: Target, settings: RemoteSettings, spec: StageSpec, stage: str, argv: list[str],
-                 out: Any = None, on_log: Callable[[bytes], None] | None = None):
+                 out: Any = None, on_log: Callable[[bytes], None] | None = None, env: dict[str, str] | None = None):
         self.target = target
         self.settings = settings
         self.spec = spec
@@ -128,6 +128,7 @@ class RemoteRun:
         self.argv = argv
         self.out = out if out is not None else getattr(sys.stdout, "buffer", sys.stdout)
         self.on_log = on_log  # tests watch the log go by (to cut the connection mid-stage)
+        self.extra_env = dict(env or {})  # set for the stage there (FRACTAL_RAY_ADDRESS on a Lambda cluster's head)
         self.name = workspace_name()
         self.conn: fabric.Connection | None = None
         self.timings: dict[str, float] = {}
@@ -172,6 +173,26 @@ class RemoteRun:
                 self.conn.close()
             log.info("%s on %s: %s", self.stage, self.target.label,
                      ", ".join(f"{k} {v:.2f} s" for k, v in self.timings.items()))
+
+    def provision(self) -> None:
+        """What `execute` does before it starts the stage: connect, sync the workspace, make
+        the environment; the connection stays open for `command` until `close`."""
+        self.conn = self._connect()
+        self.prepare()
+        self.push()
+        if not self.env_ready:
+            self.setup_env()
+
+    def command(self, cmd: str, stdin: str = "", timeout: float = 300.0) -> Result:
+        """A short command on the target (connecting first if need be), its output collected."""
+        if self.conn is None:
+            self.conn = self._connect()
+        return self._run(cmd, stdin, timeout)
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
 
     def _connect(self, timeout: float = 15.0) -> fabric.Connection:
         """A connection with SSH keepalives, so a dead link is noticed by the transport too."""
@@ -392,6 +413,7 @@ class RemoteRun:
                 continue
             if name in os.environ:
                 lines.append(f"export {name}={_q(os.environ[name])}")
+        lines += [f"export {name}={_q(value)}" for name, value in self.extra_env.items()]
         return "\n".join(lines) + "\n"
 
     def start(self) -> int:

@@ -489,18 +489,9 @@ def acquire(client: LambdaClient, settings: LambdaSettings, registry: Registry) 
                               "not active")
         token = hold(registry, inst.id, "run")
         return Acquired(inst, launched=False, keep=True, ssh_key=ssh_key, started=time.time(), holder=token)
-    live = {i.id: i for i in client.instances()}
-    with registry.locked() as state:
-        for entry in sorted((e for e in state.values() if not e.get("pending")), key=lambda e: -e["last_used"]):
-            inst = live.get(entry["id"])
-            if (inst is not None and inst.ready and entry.get("keep")
-                    and not any(_holder_alive(h) for h in holders(entry).values())
-                    and entry["type"] in settings.instance_types):
-                token, holder = _new_holder("run")
-                entry["holders"] = {token: holder}
-                entry.pop("lease", None)
-                log.info("reusing instance %s (%s, %s)", inst.name or inst.id, inst.type_name, inst.region)
-                return Acquired(inst, launched=False, keep=True, ssh_key=ssh_key, started=time.time(), holder=token)
+    reused = _reuse_idle(client, settings, registry, ssh_key, 1)
+    if reused:
+        return reused[0]
     key_name = ensure_ssh_key(client, public_key)
     launched = launch(client, settings, key_name, keep=settings.keep_instance, registry=registry, lease=True)
     started = time.time()
@@ -514,6 +505,62 @@ def acquire(client: LambdaClient, settings: LambdaSettings, registry: Registry) 
         raise
     return Acquired(inst, launched=True, keep=settings.keep_instance, ssh_key=ssh_key, started=started,
                     holder=launched.holder)
+
+
+def _reuse_idle(client: LambdaClient, settings: LambdaSettings, registry: Registry, ssh_key: Path, count: int,
+                region: str = "", exclude: tuple[str, ...] = ()) -> list[Acquired]:
+    """Up to `count` idle instances fractal launched earlier and kept (of a preferred type, in
+    `region` when one is given), each now held by this run, most recently used first."""
+    live = {i.id: i for i in client.instances()}
+    found: list[Acquired] = []
+    with registry.locked() as state:
+        for entry in sorted((e for e in state.values() if not e.get("pending")), key=lambda e: -e["last_used"]):
+            inst = live.get(entry["id"])
+            if len(found) == count:
+                break
+            if (inst is not None and inst.ready and entry.get("keep") and inst.id not in exclude
+                    and not any(_holder_alive(h) for h in holders(entry).values())
+                    and entry["type"] in settings.instance_types and (not region or inst.region == region)):
+                token, holder = _new_holder("run")
+                entry["holders"] = {token: holder}
+                entry.pop("lease", None)
+                log.info("reusing instance %s (%s, %s)", inst.name or inst.id, inst.type_name, inst.region)
+                found.append(Acquired(inst, launched=False, keep=True, ssh_key=ssh_key, started=time.time(),
+                                      holder=token))
+    return found
+
+
+def acquire_more(client: LambdaClient, settings: LambdaSettings, registry: Registry, head: Instance,
+                 count: int) -> list[Acquired]:
+    """`count` more instances beside `head` for a Ray cluster (lambda.nodes): in the head's
+    region, since the nodes talk over their private IPs; idle kept ones first, the rest
+    launched one after another (the API takes one per call) and only then awaited, so they
+    boot together rather than in turn. Each is held by this run until `release`. If a launch
+    or a boot fails, or the call is interrupted, what it launched is terminated (and what it
+    reused let go) before it raises: the caller releases only what this returns."""
+    ssh_key, public_key = local_ssh_key(settings)
+    got = _reuse_idle(client, settings, registry, ssh_key, count, region=head.region, exclude=(head.id,))
+    launched: list[Launched] = []
+    try:
+        if len(got) < count:
+            key_name = ensure_ssh_key(client, public_key)
+            here = dataclasses.replace(settings, instance="", regions=[head.region])
+            for _ in range(count - len(got)):
+                launched.append(launch(client, here, key_name, keep=settings.keep_instance, registry=registry,
+                                       lease=True))
+            started = time.time()
+            for new in launched:
+                inst = wait_ready(client, new.instance_id, settings.boot_timeout_minutes * 60, settings.poll_seconds)
+                got.append(Acquired(inst, launched=True, keep=settings.keep_instance, ssh_key=ssh_key,
+                                    started=started, holder=new.holder))
+    except BaseException:
+        with shielded():
+            terminate(client, [new.instance_id for new in launched], registry, "its Ray cluster did not come up")
+            for a in got:
+                if not a.launched:
+                    let_go(registry, a.instance.id, a.holder)
+        raise
+    return got
 
 
 def release(client: LambdaClient, acquired: Acquired, registry: Registry) -> list[str]:
