@@ -63,9 +63,9 @@ import fractal
 from fractal.errors import UserError
 from fractal.params import LabelParams, ProbeParams
 from fractal.records import Generation, Problem
+from fractal.remote.config import RAY_ADDRESS_ENV as ADDRESS_ENV
 from fractal.remote.config import ConfigError, RaySettings, load_config
 
-ADDRESS_ENV = "FRACTAL_RAY_ADDRESS"
 _CONNECT_TIMEOUT = 5.0  # seconds for the head's port to accept a connection
 _MAX_RERUNS = 5  # times one batch is submitted again after its node or worker was lost
 _MAX_BATCH = 512  # programs per batch when ray.batch is 0

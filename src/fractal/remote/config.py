@@ -34,6 +34,7 @@ EXECUTORS = ("local", "ssh", "lambda")
 CONFIG_NAME = Path(".fractal") / "executor.yaml"
 EXECUTOR_ENV = "FRACTAL_EXECUTOR"
 CONFIG_ENV = "FRACTAL_EXECUTOR_CONFIG"
+RAY_ADDRESS_ENV = "FRACTAL_RAY_ADDRESS"  # wins over ray.address (execution/cluster.py); set by a Lambda cluster's run
 HOME_ENV = "FRACTAL_HOME"
 
 

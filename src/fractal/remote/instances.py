@@ -515,9 +515,9 @@ def _reuse_idle(client: LambdaClient, settings: LambdaSettings, registry: Regist
     found: list[Acquired] = []
     with registry.locked() as state:
         for entry in sorted((e for e in state.values() if not e.get("pending")), key=lambda e: -e["last_used"]):
-            inst = live.get(entry["id"])
             if len(found) == count:
                 break
+            inst = live.get(entry["id"])
             if (inst is not None and inst.ready and entry.get("keep") and inst.id not in exclude
                     and not any(_holder_alive(h) for h in holders(entry).values())
                     and entry["type"] in settings.instance_types and (not region or inst.region == region)):

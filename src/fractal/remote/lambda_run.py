@@ -16,9 +16,8 @@ import sys
 import time
 
 from fractal.dvcfile import StageSpec, load_stage
-from fractal.remote.config import ExecutorConfig, LambdaSettings, RemoteSettings
+from fractal.remote.config import RAY_ADDRESS_ENV, ExecutorConfig, LambdaSettings, RemoteSettings
 from fractal.remote.executor import RemoteRun, format_duration, remote_script
-from fractal.execution.cluster import ADDRESS_ENV
 from fractal.remote.instances import (Acquired, Registry, acquire, acquire_more, client_for, holding, reap, release,
                                       shielded, target_for, wait_reachable)
 from fractal.remote.ray_cluster import RayCluster
@@ -76,7 +75,7 @@ def run_on_lambda(stage: str, argv: list[str], cfg: ExecutorConfig) -> int:
                                       zip(targets, (acquired, *more))], cfg.remote, spec, stage, settings)
                 held.callback(_stop_shielded, cluster)
                 cluster.start()
-                env[ADDRESS_ENV] = cluster.address
+                env[RAY_ADDRESS_ENV] = cluster.address
             rc = RemoteRun(targets[0], cfg.remote, spec, stage, argv, env=env).execute()
             return rc
     finally:
