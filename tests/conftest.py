@@ -116,3 +116,22 @@ def tiny_repro(tmp_path_factory: pytest.TempPathFactory, mlflow_server: str) -> 
     """The tiny default profile reproduced once per session, tracked on `mlflow_server`.
     Read-only: a test that changes it works on support.tiny_repro.copy_reproduced(...)."""
     return reproduce_tiny(tmp_path_factory.mktemp("tiny-repro"), mlflow_server)
+
+
+
+# Modules that run on one xdist worker together: the two whose hostile batches allocate
+# gigabytes (one at a time, their memory limits are not raced by the other's).
+_SAME_WORKER = {"test_execution_sandbox": "sandbox", "test_execution_isolation": "sandbox"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups off the items
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (`-n 2 --dist loadgroup`, the README's test command) a module's tests
+    run on one worker, so a module-scoped fixture (a Ray cluster, a reproduced repository) is
+    built once, as in a serial run; the modules that share the session's `tiny_repro` run on
+    one worker together, so that two-minute repro is not done once per worker."""
+    shares_repro = {item.module.__name__ for item in items if "tiny_repro" in getattr(item, "fixturenames", ())}
+    for item in items:
+        module = item.module.__name__
+        group = "tiny_repro" if module in shares_repro else _SAME_WORKER.get(module, module)
+        item.add_marker(pytest.mark.xdist_group(group))

@@ -225,7 +225,9 @@ class Host:
 
 def test_hostile_batch_reaches_nothing_and_correct_candidates_pass(sandboxed, tmp_path, monkeypatch):
     unusual = Path(tempfile.mkdtemp(dir="/var/tmp", prefix="fractal-host-"))
-    fake_site = tmp_path / "fake-site-packages"  # bound into the view as if the interpreter's
+    # Bound into the view as if the interpreter's site-packages. A short name: a socket's path
+    # holds 107 bytes, and xdist's temp dirs (.../popen-gw1/...) are longer than pytest's.
+    fake_site = tmp_path / "site"
     (fake_site / "innocent").mkdir(parents=True)
     (fake_site / "innocent" / "__init__.py").write_text("")
     (fake_site / "innocent" / "tasks.jsonl").write_text(LEAKED + "\n")
