@@ -118,7 +118,6 @@ def tiny_repro(tmp_path_factory: pytest.TempPathFactory, mlflow_server: str) -> 
     return reproduce_tiny(tmp_path_factory.mktemp("tiny-repro"), mlflow_server)
 
 
-
 # Modules that run on one xdist worker together: the two whose hostile batches allocate
 # gigabytes (one at a time, their memory limits are not raced by the other's).
 _SAME_WORKER = {"test_execution_sandbox": "sandbox", "test_execution_isolation": "sandbox"}
